@@ -1,0 +1,44 @@
+"""tuning: Keras model functions with templated hyperparameters, searched with hyperopt,
+every trial tracked in MLflow.
+
+Example::
+
+    import tuning
+    study = tuning.minimize("recipes/digits_cnn.py", max_evals=5)
+    model = tuning.load_best(study.experiment)
+
+Names are imported on first use, so that ``import tuning`` (and the ``tuning`` command)
+does not import Keras before the backend is chosen.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tuning.best import best_runs, load_best
+    from tuning.errors import NoTrialsError, RecipeError, TemplateError, TrackingError, TuningError
+    from tuning.study import StudyResult, minimize
+    from tuning.template import Template, assigned
+    from tuning.trial import TrialResult, TrialStatus
+
+_EXPORTS = {
+    "best_runs": "tuning.best", "load_best": "tuning.best",
+    "NoTrialsError": "tuning.errors", "RecipeError": "tuning.errors",
+    "TemplateError": "tuning.errors", "TrackingError": "tuning.errors",
+    "TuningError": "tuning.errors",
+    "StudyResult": "tuning.study", "minimize": "tuning.study",
+    "Template": "tuning.template", "assigned": "tuning.template",
+    "TrialResult": "tuning.trial", "TrialStatus": "tuning.trial",
+}
+__all__ = [
+    "NoTrialsError", "RecipeError", "StudyResult", "Template", "TemplateError", "TrackingError",
+    "TrialResult", "TrialStatus", "TuningError", "assigned", "best_runs", "load_best", "minimize",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tuning' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,0 +1,128 @@
+"""The ``tuning`` command: run a recipe, print its space, list the best trials.
+
+Heavy imports (Keras, MLflow, hyperopt) happen inside the commands, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+errors = Console(stderr=True)
+
+tracking_uri_option = click.option(
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+    help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here].")
+debug_option = click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+
+
+def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One readable line and exit code 1 for our errors; a traceback only with --debug."""
+    @functools.wraps(command)
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
+        from tuning.errors import TuningError
+
+        try:
+            return command(*args, **kwargs)
+        except (TuningError, ValueError) as error:
+            if debug:
+                raise
+            errors.print(f"[red]error:[/] {error}", markup=True, highlight=False)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            errors.print("interrupted: the running trial and the study run were marked KILLED")
+            sys.exit(130)
+    return debug_option(wrapper)
+
+
+@click.group()
+@click.version_option(package_name="tuning")
+def main() -> None:
+    """Hyperparameter search for templated Keras models, every trial tracked in MLflow."""
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@tracking_uri_option
+@click.option("--experiment", help="MLflow experiment [default: recipe's EXPERIMENT, else its file name].")
+@click.option("--max-evals", type=click.IntRange(min=1), help="Number of trials [default: 10].")
+@click.option("--algo", type=click.Choice(["tpe", "rand", "anneal"]), help="Search algorithm [default: tpe].")
+@click.option("--seed", type=int, help="Seed: the same seed samples the same parameters.")
+@click.option("--objective", help="Metric to optimise [default: accuracy on (x_test, y_test)].")
+@click.option("--mode", type=click.Choice(["min", "max"]), help="Minimise or maximise the objective.")
+@click.option("--no-model", is_flag=True, help="Do not log each trial's model.")
+@click.option("--verbose", is_flag=True, help="Show Keras' own fit output instead of a progress bar.")
+@friendly
+def run(recipe: str, tracking_uri: str | None, no_model: bool, verbose: bool, **options: Any) -> None:
+    """Search RECIPE's hyperparameters; every trial becomes an MLflow run."""
+    from tuning.study import minimize
+    from tuning.tracking import ui_command
+
+    study = minimize(recipe, tracking_uri=tracking_uri, log_model=not no_model,
+                     progress=not verbose, **options)
+    best = study.best
+    console.print(f"\nstudy [bold]{study.experiment}[/] ({study.run_id}): "
+                  f"{len(study.trials) - len(study.failed)} trials finished, {len(study.failed)} failed")
+    if best is None:
+        first = study.failed[0].error if study.failed else "no trial ran"
+        raise click.ClickException(f"all {len(study.trials)} trials failed; first error: {first} "
+                                   f"(traceback in error.txt of run {study.failed[0].run_id})")
+    table = Table("best trial", str(best.number), show_header=True)
+    table.add_row("loss (to hyperopt)", f"{best.loss:.6g}")
+    for name, value in best.params.items():
+        table.add_row(name, str(value))
+    table.add_row("run id", best.run_id)
+    console.print(table)
+    console.print(f"open the UI:      {ui_command(study.tracking_uri)}")
+    console.print(f"reload the model: tuning.load_best({study.experiment!r})  "
+                  f"or  mlflow.keras.load_model('runs:/{best.run_id}/model')")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@friendly
+def space(recipe: str) -> None:
+    """Print RECIPE's search space: names, distributions, lines, grid size."""
+    from tuning.recipe import Recipe
+    from tuning.study import grid_size
+
+    loaded = Recipe.from_file(recipe)
+    distributions = loaded.template.distributions(loaded.namespace)
+    lines = {m.name: m.line for m in loaded.template.markers}
+    table = Table("name", "distribution", "line", "values")
+    for name, d in distributions.items():
+        grid = d.grid
+        values = "continuous" if grid is None else (
+            ", ".join(map(str, grid)) if len(grid) <= 8 else f"{len(grid)} values")
+        table.add_row(name, d.describe() + (" → int" if d.is_integer else ""), str(lines[name]), values)
+    console.print(table)
+    size = grid_size(distributions)
+    console.print(f"grid size: {size}" if size is not None
+                  else "grid size: unbounded (some parameters are continuous)")
+
+
+@main.command()
+@click.argument("experiment")
+@tracking_uri_option
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
+@friendly
+def best(experiment: str, tracking_uri: str | None, top: int) -> None:
+    """List EXPERIMENT's best finished trials, sorted by the objective."""
+    from tuning.best import best_runs
+    from tuning.tracking import LOSS_METRIC
+
+    runs = best_runs(experiment, top, tracking_uri)
+    names = sorted({k for run in runs for k in run.data.params})
+    table = Table("#", "run id", LOSS_METRIC, *names)
+    for rank, run in enumerate(runs, 1):
+        table.add_row(str(rank), run.info.run_id, f"{run.data.metrics.get(LOSS_METRIC, float('nan')):.6g}",
+                      *(run.data.params.get(n, "") for n in names))
+    console.print(table)
+    console.print(f"load one: mlflow.keras.load_model('runs:/{runs[0].info.run_id}/model')")

@@ -1,0 +1,104 @@
+"""Per-epoch metrics of every ``fit`` in a trial, without the user adding a callback.
+
+While a trial runs, ``keras.Model.fit`` is wrapped once, in one place: the wrapper adds
+an :class:`EpochCallback` for the trial active in the calling thread (a ContextVar) and
+passes every argument on by name. The original ``fit`` is restored when the last
+running trial ends.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import keras
+
+EpochSink = Callable[[int, dict[str, float]], None]
+
+
+class EpochCallback(keras.callbacks.Callback):
+    """Hands each epoch's logs to the trial's :class:`EpochLog`."""
+
+    def __init__(self, log: EpochLog):
+        super().__init__()
+        self._log = log
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._log.add(logs or {})
+
+
+class EpochLog:
+    """The epochs of one trial, numbered across all its ``fit`` calls."""
+
+    def __init__(self, sink: EpochSink, quiet: bool = False):
+        self.sink = sink
+        self.quiet = quiet
+        self.epochs: list[dict[str, float]] = []
+
+    def add(self, logs: dict[str, Any]) -> None:
+        values = {k: float(v) for k, v in logs.items() if _is_number(v)}
+        step = len(self.epochs)
+        self.epochs.append(values)
+        self.sink(step, values)
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+_ACTIVE: contextvars.ContextVar[EpochLog | None] = contextvars.ContextVar("tuning_epochs", default=None)
+_lock = threading.Lock()
+_users = 0
+_original_fit: Any = None
+_own_fit: Any = None  # keras.Model's own "fit" attribute, if it had one, to put back
+
+
+def _fit(self: keras.Model, *args: Any, **kwargs: Any) -> Any:
+    log = _ACTIVE.get()
+    if log is None:
+        return _original_fit(self, *args, **kwargs)
+    bound = inspect.signature(_original_fit).bind(self, *args, **kwargs)
+    arguments = bound.arguments
+    arguments["callbacks"] = [*(arguments.get("callbacks") or []), EpochCallback(log)]
+    if log.quiet:
+        arguments["verbose"] = 0
+    return _original_fit(*bound.args, **bound.kwargs)
+
+
+@contextmanager
+def recording(log: EpochLog) -> Iterator[EpochLog]:
+    """Send the epochs of every ``fit`` in this block (this thread only) to ``log``."""
+    global _users, _original_fit, _own_fit
+    with _lock:
+        if _users == 0:
+            _own_fit = keras.Model.__dict__.get("fit")
+            _original_fit = keras.Model.fit
+            keras.Model.fit = _fit
+        _users += 1
+    token = _ACTIVE.set(log)
+    try:
+        yield log
+    finally:
+        _ACTIVE.reset(token)
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                if _own_fit is None:
+                    del keras.Model.fit  # fit is inherited from the backend's trainer class
+                else:
+                    keras.Model.fit = _own_fit
+                _original_fit = _own_fit = None

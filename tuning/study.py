@@ -1,0 +1,220 @@
+"""The search driver: one MLflow study run around ``hyperopt.fmin``.
+
+hyperopt stays behind this module: trials come out as :class:`TrialResult` with real
+values, never choice indices or ``t["misc"]["vals"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from contextlib import nullcontext, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hyperopt import Trials, anneal, fmin, pyll, rand, tpe
+from hyperopt.exceptions import AllTrialsFailed
+
+from tuning.distributions import Distribution
+from tuning.errors import TemplateError
+from tuning.progress import RichReporter, SilentReporter
+from tuning.recipe import Recipe
+from tuning.tracking import LOSS_METRIC, Tracker
+from tuning.trial import Objective, Reporter, TrialResult, TrialSetup, TrialStatus, run_trial
+
+ALGORITHMS: dict[str, Callable[..., Any]] = {"tpe": tpe.suggest, "rand": rand.suggest,
+                                             "anneal": anneal.suggest}
+DEFAULT_MAX_EVALS = 10
+
+
+def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[], Any] | None = None,
+             *, max_evals: int | None = None, algo: str | None = None, seed: int | None = None,
+             experiment: str | None = None, tracking_uri: str | None = None,
+             objective: str | None = None, mode: str | None = None, log_model: bool = True,
+             progress: bool = True, trials: Trials | None = None) -> StudyResult:
+    """Search the hyperparameters of a templated model; track every trial in MLflow.
+
+    ``recipe`` is a recipe file's path, or a ``model`` function written with ``{{…}}``
+    markers (then ``data`` is its data function). Arguments left as None take the
+    recipe's constants (``MAX_EVALS``, ``ALGO`` …), then the defaults. With
+    ``progress=True`` a progress bar replaces Keras' own per-epoch output.
+
+    Example::
+
+        import tuning
+        study = tuning.minimize("recipes/digits_cnn.py", max_evals=5, seed=1)
+        print(study.best.params, study.best.loss)
+        model = tuning.load_best(study.experiment)
+    """
+    if isinstance(recipe, str | Path):
+        recipe = Recipe.from_file(recipe)
+    elif not isinstance(recipe, Recipe):
+        recipe = Recipe.from_functions(recipe, data)
+    if data is not None:
+        recipe.data = data
+    config = StudyConfig.merge(recipe, dict(
+        max_evals=max_evals, algo=algo, seed=seed, experiment=experiment, objective=objective,
+        mode=mode, log_model=log_model, progress=progress))
+    return run_study(recipe, config, Tracker(tracking_uri), trials)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """A finished study: where it is tracked, its trials and the best one."""
+
+    tracking_uri: str
+    experiment_id: str
+    experiment: str
+    run_id: str
+    seed: int
+    trials: tuple[TrialResult, ...]
+    space: dict[str, Distribution]
+
+    @property
+    def best(self) -> TrialResult | None:
+        ok = [t for t in self.trials if t.status is TrialStatus.OK and t.loss is not None]
+        return min(ok, key=lambda t: t.loss) if ok else None  # type: ignore[arg-type, return-value]
+
+    @property
+    def failed(self) -> tuple[TrialResult, ...]:
+        return tuple(t for t in self.trials if t.status is not TrialStatus.OK)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The settings of one study after recipe defaults and overrides are merged."""
+
+    experiment: str
+    max_evals: int
+    algo: str
+    seed: int
+    objective: Objective
+    log_model: bool = True
+    progress: bool = True
+
+    @classmethod
+    def merge(cls, recipe: Recipe, overrides: dict[str, Any]) -> StudyConfig:
+        """Overrides (flags, keyword arguments) win over the recipe's constants."""
+        def pick(key: str, default: Any) -> Any:
+            value = overrides.get(key.lower())
+            return value if value is not None else recipe.defaults.get(key, default)
+
+        algo = pick("ALGO", "tpe")
+        if algo not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
+        max_evals = int(pick("MAX_EVALS", DEFAULT_MAX_EVALS))
+        if max_evals < 1:
+            raise ValueError(f"max_evals must be at least 1, got {max_evals}")
+        seed = pick("SEED", None)
+        return cls(
+            experiment=str(pick("EXPERIMENT", recipe.name)),
+            max_evals=max_evals, algo=algo,
+            seed=int(seed) if seed is not None else secrets.randbelow(2**31),
+            objective=Objective.create(pick("OBJECTIVE", None), pick("MODE", None)),
+            log_model=overrides.get("log_model", True),
+            progress=overrides.get("progress", True),
+        )
+
+
+def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker,
+              trials: Trials | None = None) -> StudyResult:
+    """Run the search: check everything, then one study run with a child run per trial."""
+    tracker.check()
+    distributions = recipe.template.distributions(recipe.namespace)
+    if not distributions:
+        raise TemplateError("no hyperparameters to tune: write markers such as "
+                            "<<uniform(0, 1)>> or {{choice([32, 64])}} in model()",
+                            recipe.template.filename)
+    space = {name: d.to_hyperopt(name) for name, d in distributions.items()}
+    data = recipe.load_data()
+    experiment_id = tracker.experiment_id(config.experiment)
+    study_run_id = tracker.start_run(experiment_id, f"study-{time.strftime('%Y%m%d-%H%M%S')}",
+                                     "study", tags={"tuning.recipe": recipe.template.filename})
+    tracker.log(study_run_id, params={
+        "recipe": recipe.template.filename, "algo": config.algo, "seed": config.seed,
+        "max_evals": config.max_evals, "objective": config.objective.metric,
+        "mode": config.objective.mode})
+    tracker.log_json(study_run_id, _describe(recipe, distributions), "space.json")
+    tracker.log_text(study_run_id, recipe.template.source, f"recipe/{_source_name(recipe)}")
+
+    reporter: Reporter = RichReporter(config.max_evals) if config.progress else SilentReporter()
+    setup = TrialSetup(tracker, experiment_id, study_run_id, recipe, data, config.objective,
+                       reporter, seed=config.seed, log_model=config.log_model,
+                       quiet_fit=config.progress)
+    results: list[TrialResult] = []
+
+    def objective(expr: Any, memo: Any, ctrl: Any) -> dict[str, Any]:
+        values = pyll.rec_eval(expr, memo=memo)
+        params = {name: _plain(values[name]) for name in distributions}  # recipe order
+        raw = {k: _plain(v[0]) for k, v in ctrl.current_trial["misc"]["vals"].items() if v}
+        result = run_trial(setup, ctrl.current_trial["tid"] + 1, params, raw)
+        results.append(result)
+        return result.to_hyperopt()
+
+    objective.fmin_pass_expr_memo_ctrl = True  # type: ignore[attr-defined]
+    logging.getLogger("hyperopt").setLevel(logging.WARNING)
+    status = "FAILED"
+    try:
+        with reporter if isinstance(reporter, RichReporter) else nullcontext(), \
+                suppress(AllTrialsFailed):  # failed trials are reported in the result
+            fmin(objective, space, algo=ALGORITHMS[config.algo], max_evals=config.max_evals,
+                 trials=trials if trials is not None else Trials(),
+                 rstate=np.random.default_rng(config.seed), show_progressbar=False,
+                 return_argmin=False)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        result = StudyResult(tracker.uri, experiment_id, config.experiment, study_run_id,
+                             config.seed, tuple(results), distributions)
+        _finish(tracker, result, status)
+    return result
+
+
+def _finish(tracker: Tracker, result: StudyResult, status: str) -> None:
+    best = result.best
+    summary: dict[str, float] = {"trials_ok": len(result.trials) - len(result.failed),
+                                 "trials_failed": len(result.failed)}
+    tags: dict[str, Any] = {}
+    if best is not None:
+        summary[f"best_{LOSS_METRIC}"] = best.loss  # type: ignore[assignment]
+        tags = {"tuning.best_run_id": best.run_id, "tuning.best_trial": best.number,
+                **{f"best.{k}": v for k, v in best.params.items()}}
+    elif status == "FINISHED":
+        status = "FAILED"
+        tags["tuning.error"] = f"all {len(result.trials)} trials failed"
+    tracker.log(result.run_id, metrics=summary, tags=tags)
+    tracker.end_run(result.run_id, status)
+
+
+def _describe(recipe: Recipe, distributions: dict[str, Distribution]) -> dict[str, Any]:
+    lines = {m.name: m.line for m in recipe.template.markers}
+    return {name: {"distribution": d.describe(), "line": lines[name], "integer": d.is_integer,
+                   "values": d.grid} for name, d in distributions.items()}
+
+
+def _source_name(recipe: Recipe) -> str:
+    name = Path(recipe.template.filename).name
+    return name if name.endswith(".py") and not name.startswith("<") else "model.py"
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python values, so tags read ``64`` and Keras gets an ``int``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def grid_size(distributions: dict[str, Distribution]) -> int | None:
+    """How many combinations the space has, or None when a parameter is continuous."""
+    size = 1
+    for d in distributions.values():
+        values = d.grid
+        if values is None:
+            return None
+        size *= len(values)
+    return size
+

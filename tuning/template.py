@@ -1,0 +1,381 @@
+"""The template compiler: markers in a recipe become a hyperopt space and plain Python.
+
+A marker is ``<<dist(args)>>`` (native) or ``{{dist(args)}}`` (hyperas). Markers are
+found with Python's tokenizer, so text inside strings and comments is never touched.
+Each marker is replaced by a lookup of the trial's value, ``__tuning_param__("name")``,
+and the rewritten source keeps every line number: a traceback from a trial points at
+the user's own recipe line.
+
+Example::
+
+    >>> t = Template.from_source("def model(x):\\n    return Dense(<<choice([8, 16])>>)\\n")
+    >>> [m.name for m in t.markers]
+    ['Dense']
+    >>> t.code.splitlines()[1]
+    '    return Dense(__tuning_param__("Dense"))'
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextvars
+import difflib
+import functools
+import inspect
+import io
+import keyword
+import linecache
+import textwrap
+import tokenize
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuning.distributions import NAMES, Distribution, DistributionError
+from tuning.errors import TemplateError
+
+PARAM_FUNCTION = "__tuning_param__"
+
+# Values of the trial being run in this thread/context. A ContextVar, not a module
+# global, so that trials running in parallel threads each see their own values.
+_VALUES: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "tuning_values", default=None
+)
+
+
+def param_value(name: str) -> Any:
+    values = _VALUES.get()
+    if values is None:
+        raise RuntimeError(
+            f"hyperparameter {name!r} was read outside a trial; run the model through "
+            "tuning.minimize / `tuning run`, or wrap the call in `with tuning.assigned({...}):`"
+        )
+    return values[name]
+
+
+@contextmanager
+def assigned(values: Mapping[str, Any]) -> Iterator[None]:
+    """Give the markers of compiled model functions these values while the block runs."""
+    token = _VALUES.set(dict(values))
+    try:
+        yield
+    finally:
+        _VALUES.reset(token)
+
+
+@dataclass(frozen=True)
+class Marker:
+    """One marker: its hyperparameter name, the call inside it and where it stands."""
+
+    name: str
+    expression: str
+    line: int
+    column: int
+    explicit: bool = False
+
+
+@dataclass(frozen=True)
+class Template:
+    """A compiled recipe: the original source, the rewritten code and its markers."""
+
+    source: str
+    code: str
+    filename: str
+    function: str
+    markers: tuple[Marker, ...]
+
+    @classmethod
+    def from_source(cls, source: str, filename: str = "<string>", function: str = "model") -> Template:
+        """Compile recipe source text; ``function`` is the only one markers may sit in."""
+        found = _scan(source, filename)
+        names = _assign_names(found, filename)
+        code = _rewrite(source, found, names)
+        _check_syntax_and_placement(code, filename, function, found)
+        markers = tuple(
+            Marker(name, m.expression, m.line, m.column, m.explicit_name is not None)
+            for name, m in zip(names, found, strict=True)
+        )
+        if filename.startswith("<"):
+            # Let tracebacks show the user's line for source that has no file.
+            lines = source.splitlines(keepends=True)
+            linecache.cache[filename] = (len(source), None, lines, filename)
+        return cls(source, code, filename, function, markers)
+
+    @classmethod
+    def from_file(cls, path: str | Path, function: str = "model") -> Template:
+        path = Path(path)
+        try:
+            source = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise TemplateError(f"cannot read the recipe: {error.strerror}", str(path)) from None
+        return cls.from_source(source, str(path), function)
+
+    @classmethod
+    def from_function(cls, fn: Callable[..., Any]) -> Template:
+        """Compile a function written with ``{{…}}`` markers (in a script or notebook cell)."""
+        try:
+            lines, first = inspect.getsourcelines(fn)
+            filename = inspect.getsourcefile(fn) or fn.__code__.co_filename
+        except (OSError, TypeError):
+            raise TemplateError(
+                f"cannot read the source of {getattr(fn, '__name__', fn)!r}: define it in a "
+                "file or a notebook cell, or pass the recipe's path instead",
+                getattr(getattr(fn, "__code__", None), "co_filename", "<unknown>"),
+            ) from None
+        # Pad with blank lines so the compiled code keeps the file's line numbers.
+        source = "\n" * (first - 1) + textwrap.dedent("".join(lines))
+        return cls.from_source(source, filename, fn.__name__)
+
+    def compile(self) -> Any:
+        """The code object of the rewritten source, with the recipe's file name."""
+        return compile(self.code, self.filename, "exec")
+
+    def distributions(self, namespace: Mapping[str, Any] | None = None) -> dict[str, Distribution]:
+        """Evaluate every marker; ``namespace`` supplies names its arguments use."""
+        return {m.name: _evaluate(m, self.filename, namespace) for m in self.markers}
+
+    def space(self, namespace: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The hyperopt search space: ``{name: hp.<dist>(name, …)}``."""
+        return {name: d.to_hyperopt(name) for name, d in self.distributions(namespace).items()}
+
+
+@dataclass(frozen=True)
+class _Found:
+    start: tuple[int, int]
+    end: tuple[int, int]
+    expression: str
+    base_name: str | None
+    explicit_name: str | None
+    line: int
+    column: int
+
+
+_OPERAND_END = {")", "]", "}"}
+_SKIPPED = {tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT}
+_FSTRING_START = getattr(tokenize, "FSTRING_START", None)
+_FSTRING_END = getattr(tokenize, "FSTRING_END", None)
+
+
+def _tokens(source: str, filename: str) -> list[tokenize.TokenInfo]:
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except tokenize.TokenError as error:
+        line = error.args[1][0] if len(error.args) > 1 else None
+        raise TemplateError(f"{error.args[0]}: check that every bracket and marker is closed",
+                            filename, line) from None
+    except (IndentationError, SyntaxError) as error:
+        raise TemplateError(error.msg, filename, error.lineno) from None
+    significant = []
+    fstring_depth = 0
+    for tok in tokens:
+        # On Python ≥ 3.12 f-strings are split into tokens; their text is not code.
+        if tok.type == _FSTRING_START:
+            fstring_depth += 1
+        elif tok.type == _FSTRING_END:
+            fstring_depth -= 1
+        elif fstring_depth == 0 and tok.type not in _SKIPPED:
+            significant.append(tok)
+    return significant
+
+
+def _ends_operand(tok: tokenize.TokenInfo | None) -> bool:
+    if tok is None:
+        return False
+    if tok.type == tokenize.NAME:
+        return not keyword.iskeyword(tok.string) or tok.string in {"True", "False", "None"}
+    return tok.type in (tokenize.NUMBER, tokenize.STRING) or tok.string in _OPERAND_END
+
+
+def _opener(tokens: list[tokenize.TokenInfo], i: int) -> str | None:
+    """'<<' or '{{' if a marker starts at token i, else None."""
+    tok = tokens[i]
+    previous = tokens[i - 1] if i else None
+    if tok.string == "<<" and not _ends_operand(previous):
+        return "<<"  # in operand position '<<' cannot be a shift: it opens a marker
+    if tok.string == "{" and i + 1 < len(tokens):
+        nxt = tokens[i + 1]
+        if nxt.string == "{" and nxt.start == tok.end:
+            return "{{"
+    return None
+
+
+def _scan(source: str, filename: str) -> list[_Found]:
+    tokens = _tokens(source, filename)
+    lines = source.splitlines(keepends=True)
+    found: list[_Found] = []
+    i = 0
+    while i < len(tokens):
+        style = _opener(tokens, i)
+        if style is None:
+            if tokens[i].string == ">>" and not _ends_operand(tokens[i - 1] if i else None):
+                raise TemplateError("'>>' without a matching '<<' before it", filename, tokens[i].start[0])
+            i += 1
+            continue
+        first = i + (1 if style == "<<" else 2)
+        close = _closing(tokens, first, style, filename)
+        start, end = tokens[i].start, tokens[close + (0 if style == "<<" else 1)].end
+        inner = _text(lines, tokens[first].start, tokens[close].start) if close > first else ""
+        expression, explicit = _parse_marker(inner, style, filename, start[0])
+        found.append(_Found(start, end, expression, _identifier_before(tokens, i), explicit,
+                            start[0], start[1]))
+        i = close + (1 if style == "<<" else 2)
+    return found
+
+
+def _closing(tokens: list[tokenize.TokenInfo], first: int, style: str, filename: str) -> int:
+    """Index of the token that closes the marker opened just before ``first``."""
+    closer = ">>" if style == "<<" else "}"
+    line = tokens[first - 1].start[0]
+    depth = 0
+    for j in range(first, len(tokens)):
+        tok = tokens[j]
+        if depth == 0 and tok.string == closer:
+            if style == "<<" or (j + 1 < len(tokens) and tokens[j + 1].string == "}"
+                                 and tokens[j + 1].start == tok.end):
+                return j
+        if j > first and _opener(tokens, j):
+            raise TemplateError("markers cannot be nested; give each hyperparameter its own "
+                                "marker", filename, line)
+        if tok.string in "([{" and tok.type == tokenize.OP:
+            depth += 1
+        elif tok.string in ")]}" and tok.type == tokenize.OP:
+            depth -= 1
+        if depth < 0 or tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+            break
+    want = ">>" if style == "<<" else "}}"
+    raise TemplateError(f"marker '{style}' is not closed: expected '{want}' after the "
+                        f"distribution call, e.g. {style}uniform(0, 1){want}", filename, line)
+
+
+def _text(lines: list[str], start: tuple[int, int], end: tuple[int, int]) -> str:
+    (l1, c1), (l2, c2) = start, end
+    if l1 == l2:
+        return lines[l1 - 1][c1:c2]
+    return lines[l1 - 1][c1:] + "".join(lines[l1:l2 - 1]) + lines[l2 - 1][:c2]
+
+
+def _identifier_before(tokens: list[tokenize.TokenInfo], i: int) -> str | None:
+    """Hyperas' rule: the identifier right before '=' or '(' that precedes this marker."""
+    if i >= 2 and tokens[i - 1].string in {"=", "("} and tokens[i - 2].type == tokenize.NAME:
+        return tokens[i - 2].string
+    return None
+
+
+def _parse_marker(inner: str, style: str, filename: str, line: int) -> tuple[str, str | None]:
+    """The marker's call text without ``name=``, and the explicit name if given."""
+    text = " ".join(inner.split())
+    closer = ">>" if style == "<<" else "}}"
+    example = f"{style}uniform(0, 1){closer}"
+    if not text:
+        raise TemplateError(f"empty marker: write a distribution call, e.g. {example}", filename, line)
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError as error:
+        raise TemplateError(f"marker {style}{text}{closer} is not valid Python: {error.msg}",
+                            filename, line) from None
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        raise TemplateError(f"a marker holds one distribution call such as {example}; got "
+                            f"{style}{text}{closer} (put arithmetic outside the marker)",
+                            filename, line)
+    kind = node.func.id
+    if kind not in NAMES:
+        close = difflib.get_close_matches(kind, NAMES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise TemplateError(f"unknown distribution {kind!r} in {style}{text}{closer}: {hint}"
+                            f"known: {', '.join(NAMES)}", filename, line)
+    explicit = None
+    for kw in node.keywords:
+        if kw.arg == "name":
+            if not (isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str)
+                    and kw.value.value.isidentifier()):
+                raise TemplateError(f"name= in {style}{text}{closer} must be an identifier "
+                                    "in quotes, e.g. name=\"dropout_in\"", filename, line)
+            explicit = kw.value.value
+    node.keywords = [kw for kw in node.keywords if kw.arg != "name"]
+    return ast.unparse(node), explicit
+
+
+def _assign_names(found: list[_Found], filename: str) -> list[str]:
+    explicit = [f.explicit_name for f in found if f.explicit_name]
+    for name in explicit:
+        if explicit.count(name) > 1:
+            line = next(f.line for f in found if f.explicit_name == name)
+            raise TemplateError(f"two markers are named {name!r}; names must be unique", filename, line)
+    taken = set(explicit)
+    seen: dict[str, int] = {}
+    names: list[str] = []
+    previous: str | None = None
+    for f in found:
+        if f.explicit_name:
+            names.append(f.explicit_name)
+            previous = f.explicit_name
+            continue
+        # No identifier before the marker: reuse the previous marker's name, as hyperas does.
+        base = f.base_name or previous or f.expression.split("(", 1)[0]
+        previous = base
+        count = seen.get(base, -1) + 1
+        name = base if count == 0 else f"{base}_{count}"
+        while name in taken:
+            count += 1
+            name = f"{base}_{count}"
+        seen[base] = count
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _rewrite(source: str, found: list[_Found], names: list[str]) -> str:
+    lines = source.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+
+    def offset(pos: tuple[int, int]) -> int:
+        return starts[pos[0] - 1] + pos[1]
+
+    out, cursor = [], 0
+    for f, name in zip(found, names, strict=True):
+        out.append(source[cursor:offset(f.start)])
+        # Newlines go inside the call's parentheses, so a multi-line marker keeps the
+        # line numbers of everything after it.
+        out.append(f'{PARAM_FUNCTION}("{name}"{chr(10) * (f.end[0] - f.start[0])})')
+        cursor = offset(f.end)
+    out.append(source[cursor:])
+    return "".join(out)
+
+
+def _check_syntax_and_placement(code: str, filename: str, function: str, found: list[_Found]) -> None:
+    try:
+        tree = ast.parse(code, filename)
+    except SyntaxError as error:
+        raise TemplateError(f"{error.msg} (markers are written <<uniform(0, 1)>> or "
+                            "{{uniform(0, 1)}})", filename, error.lineno) from None
+    if not found:
+        return
+    spans = [(node.lineno, node.end_lineno or node.lineno) for node in tree.body
+             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == function]
+    for f in found:
+        if not any(first <= f.line <= last for first, last in spans):
+            why = f"defines no {function}()" if not spans else f"places it outside {function}()"
+            raise TemplateError(f"marker for {f.expression} is outside the model function: the "
+                                f"recipe {why}; markers may only appear in the body of "
+                                f"{function}()", filename, f.line)
+
+
+def _evaluate(marker: Marker, filename: str, namespace: Mapping[str, Any] | None) -> Distribution:
+    kind = marker.expression.split("(", 1)[0]
+    scope = {"__builtins__": builtins, **(namespace or {}),
+             kind: functools.partial(Distribution.create, kind)}
+    try:
+        return eval(marker.expression, scope)  # noqa: S307 - recipe code, run by its author
+    except DistributionError as error:
+        raise TemplateError(f"{marker.name}: {error}", filename, marker.line) from None
+    except NameError as error:
+        raise TemplateError(f"{marker.name}: {error} in the marker's arguments (names must be "
+                            "defined or imported at module level)", filename, marker.line) from None
+    except Exception as error:  # the arguments are user code; report, don't crash
+        raise TemplateError(f"{marker.name}: evaluating {marker.expression} raised "
+                            f"{type(error).__name__}: {error}", filename, marker.line) from None

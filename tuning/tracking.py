@@ -1,0 +1,233 @@
+"""Everything that talks to MLflow.
+
+Run ids are passed explicitly; nothing here touches MLflow's fluent active-run stack,
+so trials in parallel threads or processes cannot mix up their runs. Per-epoch metrics
+go through :class:`MetricSender`, a background thread, so that ``fit`` never waits on
+the network.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import queue
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from tuning.errors import TrackingError
+
+KIND_TAG = "tuning.kind"  # "study" or "trial": how queries tell our runs apart
+LOSS_METRIC = "hyperopt_loss"  # the value handed to hyperopt, minimised
+_MAX_VALUE_LENGTH = 6000  # MLflow's limit for a param/tag value is 6000 characters
+
+
+def resolve_uri(tracking_uri: str | None) -> str:
+    """The flag, else ``MLFLOW_TRACKING_URI``, else MLflow's default in the working folder."""
+    if tracking_uri:
+        return tracking_uri
+    mlflow.set_tracking_uri(None)  # drop any URI set earlier in this process
+    return mlflow.get_tracking_uri()
+
+
+def ui_command(uri: str) -> str:
+    """How a user opens the MLflow UI on this store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def format_value(value: Any) -> str:
+    """A hyperparameter value as users wrote it (classes and functions by name)."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, float) and value.is_integer():
+        text = repr(value)
+    elif hasattr(value, "__qualname__"):
+        text = value.__qualname__
+    else:
+        text = repr(value)
+    return text[:_MAX_VALUE_LENGTH]
+
+
+class Tracker:
+    """A tracking store: reachability check, experiments, runs, batches, models."""
+
+    def __init__(self, tracking_uri: str | None = None):
+        self.uri = resolve_uri(tracking_uri)
+        mlflow.set_tracking_uri(self.uri)  # MLflow's model logging reads the global URI
+        self.client = MlflowClient(self.uri)
+
+    def check(self) -> None:
+        """Fail fast, with the fix, when the store cannot be reached."""
+        parsed = urllib.parse.urlparse(self.uri)
+        if parsed.scheme in ("http", "https"):
+            try:
+                with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=10):
+                    pass
+            except urllib.error.HTTPError as error:
+                if error.code in (401, 403):
+                    raise TrackingError(
+                        f"the tracking server at {self.uri} refused the credentials ({error.code}): "
+                        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                        "MLFLOW_TRACKING_TOKEN)") from None
+            except (urllib.error.URLError, OSError) as error:
+                reason = getattr(error, "reason", error)
+                raise TrackingError(
+                    f"cannot reach the tracking server at {self.uri} ({reason}); start one with "
+                    "`mlflow server --host 127.0.0.1 --port 5000`, or leave out --tracking-uri "
+                    "to use the local store in this folder") from None
+        elif parsed.scheme not in ("sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "") \
+                and "+" not in parsed.scheme:
+            raise TrackingError(f"unsupported tracking URI {self.uri!r}: use http://host:port, "
+                                "sqlite:///path.db or a database URI")
+        try:
+            self.client.search_experiments(max_results=1)
+        except MlflowException as error:
+            raise TrackingError(f"the tracking store {self.uri} refused a request: "
+                                f"{error.message}") from None
+
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment ``name``, created if missing; a deleted one is an error."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            return self.client.create_experiment(name)
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"experiment {name!r} was deleted; restore it with `mlflow experiments restore "
+                f"--experiment-id {experiment.experiment_id}` or choose another --experiment")
+        return experiment.experiment_id
+
+    def start_run(self, experiment_id: str, name: str, kind: str,
+                  parent_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+        all_tags = {KIND_TAG: kind, **(tags or {})}
+        if parent_id:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    def log(self, run_id: str, *, params: Mapping[str, Any] | None = None,
+            tags: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,
+            step: int = 0) -> None:
+        """One synchronous batch of params, tags and metrics."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
+            params=[Param(k, format_value(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, format_value(v)) for k, v in (tags or {}).items()],
+        )
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def log_json(self, run_id: str, data: Any, path: str) -> None:
+        self.log_text(run_id, json.dumps(data, indent=2, default=str), path)
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_keras_model(self, experiment_id: str, run_id: str, model: Any, x_sample: Any | None,
+                        params: Mapping[str, Any]) -> None:
+        """Log ``model`` under ``model`` with a signature and pinned requirements.
+
+        Requirements are given explicitly: MLflow's inference imports the model in a
+        subprocess and costs about 10 s a trial. The logged model is created here, in the
+        run's experiment: left to itself MLflow files it under the process's active
+        experiment, and ``runs:/<id>/model`` would then not resolve.
+        """
+        import mlflow.keras
+        from mlflow.models import Model, infer_signature
+
+        signature = None
+        if x_sample is not None:
+            try:
+                signature = infer_signature(x_sample, model.predict(x_sample, verbose=0))
+            except Exception:  # noqa: BLE001 - a model we cannot sample still gets logged
+                signature = None
+        logged = self.client.create_logged_model(
+            experiment_id, name="model", source_run_id=run_id,
+            params={k: format_value(v) for k, v in params.items()})
+        Model.log(artifact_path=None, name="model", flavor=mlflow.keras, model=model, run_id=run_id,
+                  model_id=logged.model_id, signature=signature,
+                  pip_requirements=keras_requirements())
+
+    def sender(self, run_id: str) -> MetricSender:
+        return MetricSender(self.client, run_id)
+
+
+@cache
+def keras_requirements() -> list[str]:
+    """Pinned pip requirements for the installed Keras and its backend."""
+    import keras
+
+    backend = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax",),
+               "torch": ("torch",)}.get(keras.backend.backend(), ())
+    requirements = [f"keras=={keras.__version__}"]
+    for dist in backend:
+        try:
+            requirements.append(f"{dist}=={importlib.metadata.version(dist)}")
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return requirements
+
+
+class MetricSender:
+    """Sends one run's metrics from a background thread, in batches.
+
+    ``send`` only puts the values on a queue (microseconds), so training never waits
+    on the tracking server; ``close`` delivers what is left.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self._client = client
+        self._run_id = run_id
+        self._queue: queue.Queue[list[Metric] | None] = queue.Queue()
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._work, name=f"metrics-{run_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def send(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self._queue.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise TrackingError(f"could not log metrics of run {self._run_id}: {self._error}")
+
+    def _work(self) -> None:
+        done = False
+        while not done:
+            batch = self._queue.get()
+            if batch is None:
+                break
+            # Drain what else is waiting so a slow server gets fewer, larger requests.
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    done = True
+                    break
+                batch.extend(more)
+            try:
+                for i in range(0, len(batch), 1000):  # MLflow's limit per batch
+                    self._client.log_batch(self._run_id, metrics=batch[i:i + 1000])
+            except Exception as error:  # noqa: BLE001 - reported by close() in the trial's thread
+                self._error = error
+
