@@ -6,6 +6,7 @@ Heavy imports (Keras, MLflow, hyperopt) happen inside the commands, so ``--help`
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,8 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)  # long lines (commands, run ids) stay whole for copy-paste
 
 tracking_uri_option = click.option(
     "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
@@ -34,10 +34,10 @@ def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
         except (TuningError, ValueError) as error:
             if debug:
                 raise
-            errors.print(f"[red]error:[/] {error}", markup=True, highlight=False)
+            click.echo(f"error: {error}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            errors.print("interrupted: the running trial and the study run were marked KILLED")
+            click.echo("interrupted: the running trial and the study run were marked KILLED", err=True)
             sys.exit(130)
     return debug_option(wrapper)
 
@@ -46,6 +46,7 @@ def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(package_name="tuning")
 def main() -> None:
     """Hyperparameter search for templated Keras models, every trial tracked in MLflow."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
 
 
 @main.command()
@@ -119,10 +120,20 @@ def best(experiment: str, tracking_uri: str | None, top: int) -> None:
     from tuning.tracking import LOSS_METRIC
 
     runs = best_runs(experiment, top, tracking_uri)
-    names = sorted({k for run in runs for k in run.data.params})
-    table = Table("#", "run id", LOSS_METRIC, *names)
+    table = Table("#", "run id", LOSS_METRIC, "params")
+    table.columns[1].no_wrap = True  # ids are copied from here: never cut them
     for rank, run in enumerate(runs, 1):
+        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(run.data.params.items()))
         table.add_row(str(rank), run.info.run_id, f"{run.data.metrics.get(LOSS_METRIC, float('nan')):.6g}",
-                      *(run.data.params.get(n, "") for n in names))
+                      params)
     console.print(table)
     console.print(f"load one: mlflow.keras.load_model('runs:/{runs[0].info.run_id}/model')")
+
+
+def _short(text: str) -> str:
+    """Params as MLflow stores them (strings), floats shortened for reading."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return text if number.is_integer() else f"{number:.4g}"

@@ -153,10 +153,12 @@ class Distribution:
     @classmethod
     def create(cls, kind: str, *args: Any, **kwargs: Any) -> Distribution:
         checker = _CHECKERS[kind]
+        signature = inspect.signature(checker)
         try:
-            inspect.signature(checker).bind(*args, **kwargs)
+            signature.bind(*args, **kwargs)
         except TypeError as error:
-            raise DistributionError(f"{kind}{inspect.signature(checker)}: {error}") from None
+            usage = ", ".join(str(p.replace(annotation=p.empty)) for p in signature.parameters.values())
+            raise DistributionError(f"{error}; write {kind}({usage})") from None
         checker(*args, **kwargs)
         return cls(kind, args, tuple(sorted(kwargs.items())))
 

@@ -46,9 +46,12 @@ class Recipe:
 
     @property
     def name(self) -> str:
-        if self.template.filename.startswith("<"):
+        """The default experiment name: the file's stem, or the function's name for code
+        without a file of its own (a string, a notebook cell)."""
+        path = Path(self.template.filename)
+        if self.template.filename.startswith("<") or "ipykernel" in str(path) or path.suffix != ".py":
             return self.template.function
-        return Path(self.template.filename).stem
+        return path.stem
 
     @classmethod
     def from_file(cls, path: str | Path) -> Recipe:

@@ -100,7 +100,7 @@ class Template:
         )
         if filename.startswith("<"):
             # Let tracebacks show the user's line for source that has no file.
-            lines = source.splitlines(keepends=True)
+            lines = io.StringIO(source).readlines()  # as the tokenizer splits them
             linecache.cache[filename] = (len(source), None, lines, filename)
         return cls(source, code, filename, function, markers)
 
@@ -160,11 +160,13 @@ _FSTRING_END = getattr(tokenize, "FSTRING_END", None)
 
 
 def _tokens(source: str, filename: str) -> list[tokenize.TokenInfo]:
+    tokens: list[tokenize.TokenInfo] = []
     try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    except tokenize.TokenError as error:
-        line = error.args[1][0] if len(error.args) > 1 else None
-        raise TemplateError(f"{error.args[0]}: check that every bracket and marker is closed",
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            tokens.append(tok)
+    except tokenize.TokenError:
+        line = _unclosed_line(tokens)
+        raise TemplateError("a bracket or marker opened on this line is never closed",
                             filename, line) from None
     except (IndentationError, SyntaxError) as error:
         raise TemplateError(error.msg, filename, error.lineno) from None
@@ -179,6 +181,17 @@ def _tokens(source: str, filename: str) -> list[tokenize.TokenInfo]:
         elif fstring_depth == 0 and tok.type not in _SKIPPED:
             significant.append(tok)
     return significant
+
+
+def _unclosed_line(tokens: list[tokenize.TokenInfo]) -> int | None:
+    """The line of the innermost bracket left open when the tokenizer hit the end."""
+    stack: list[int] = []
+    for tok in tokens:
+        if tok.type == tokenize.OP and tok.string in "([{":
+            stack.append(tok.start[0])
+        elif tok.type == tokenize.OP and tok.string in ")]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else (tokens[-1].start[0] if tokens else None)
 
 
 def _ends_operand(tok: tokenize.TokenInfo | None) -> bool:
@@ -204,7 +217,7 @@ def _opener(tokens: list[tokenize.TokenInfo], i: int) -> str | None:
 
 def _scan(source: str, filename: str) -> list[_Found]:
     tokens = _tokens(source, filename)
-    lines = source.splitlines(keepends=True)
+    lines = io.StringIO(source).readlines()  # as the tokenizer splits them
     found: list[_Found] = []
     i = 0
     while i < len(tokens):
@@ -328,7 +341,7 @@ def _assign_names(found: list[_Found], filename: str) -> list[str]:
 
 
 def _rewrite(source: str, found: list[_Found], names: list[str]) -> str:
-    lines = source.splitlines(keepends=True)
+    lines = io.StringIO(source).readlines()  # as the tokenizer splits them
     starts = [0]
     for line in lines:
         starts.append(starts[-1] + len(line))

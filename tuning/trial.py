@@ -8,7 +8,6 @@ A failed trial is reported to hyperopt as ``status: fail`` and the search goes o
 from __future__ import annotations
 
 import enum
-import gc
 import json
 import math
 import time
@@ -160,9 +159,9 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
         result = TrialResult(number, run_id, TrialStatus.FAILED, params, error=message,
                              seconds=time.perf_counter() - started)
     finally:
-        # Free the graph and weights of this trial so memory stays flat over many trials.
+        # Free the graph and weights of this trial so memory stays flat over many trials
+        # (clear_session also runs the garbage collector).
         keras.backend.clear_session()
-        gc.collect()
     setup.reporter.trial_ended(result)
     return result
 

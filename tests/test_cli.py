@@ -1,0 +1,126 @@
+"""The ``tuning`` command: what a user sees, its exit codes, the runs it leaves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from tests.conftest import free_port
+from tuning.cli import main
+
+TUNING = str(Path(sys.executable).parent / "tuning")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_space_prints_names_distributions_lines_and_grid_size(write_recipe):
+    result = invoke("space", str(write_recipe()))
+    assert result.exit_code == 0, result.output
+    for expected in ("Dense", "quniform(8, 32, 8) → int", "8, 16, 24, 32", "activation",
+                     "choice(['relu', 'tanh'])", "Dropout", "continuous", "batch_size",
+                     "grid size: unbounded"):
+        assert expected in result.output
+    discrete = write_recipe(model='''
+    def model(x_train, y_train, x_test, y_test):
+        return Dense(<<choice([1, 2, 3])>>, batch_size=<<randint(2, 6)>>)
+    ''', name="discrete.py")
+    assert "grid size: 12" in invoke("space", str(discrete)).output
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("def model(x_train, y_train, x_test, y_test):\n    return Dense(<<unifrom(0, 1)>>)\n",
+     "recipe.py:{line}: unknown distribution 'unifrom' in <<unifrom(0, 1)>>: did you mean 'uniform'?"),
+    ("def model(x_train, y_train, x_test, y_test):\n    return Dense(<<uniform(1, 0)>>)\n",
+     "recipe.py:{line}: Dense: low must be below high, got low=1, high=0"),
+    ("def build(x_train, y_train, x_test, y_test):\n    return 1\n",
+     "model() missing (functions found: build, data)"),
+    ("def model(x_train, y_train, x_test, y_test):\n    return 1\n",
+     "no hyperparameters to tune"),
+])
+def test_bad_recipes_give_one_clear_line_and_exit_1(write_recipe, store, model, message):
+    recipe = write_recipe(model=model)
+    line = len(recipe.read_text().splitlines())
+    result = invoke("run", str(recipe), "--tracking-uri", store)
+    assert result.exit_code == 1
+    assert message.format(line=line) in result.output
+    assert "Traceback" not in result.output
+    debug = CliRunner().invoke(main, ["run", str(recipe), "--tracking-uri", store, "--debug"])
+    assert debug.exit_code == 1 and debug.exception is not None  # --debug raises instead
+
+
+def test_data_that_raises_names_the_line(write_recipe, store):
+    recipe = write_recipe(header="def data():\n    return 1 / 0\n", model='''
+    def model(x_train, y_train, x_test, y_test):
+        return <<uniform(0, 1)>>
+    ''')
+    result = invoke("run", str(recipe), "--tracking-uri", store)
+    assert result.exit_code == 1
+    assert "data() raised ZeroDivisionError: division by zero" in result.output
+    assert f'File "{recipe}", line 2, in data' in result.output
+    assert MlflowClient(store).search_runs(["0"]) == []  # nothing started before the data loaded
+
+
+def test_unreachable_server_fails_before_training(write_recipe):
+    port = free_port()
+    result = invoke("run", str(write_recipe()), "--tracking-uri", f"http://127.0.0.1:{port}")
+    assert result.exit_code == 1
+    assert f"cannot reach the tracking server at http://127.0.0.1:{port}" in result.output
+    assert "mlflow server --host 127.0.0.1 --port 5000" in result.output
+
+
+def test_deleted_experiment_says_how_to_restore_it(write_recipe, store):
+    client = MlflowClient(store)
+    client.delete_experiment(client.create_experiment("gone"))
+    result = invoke("run", str(write_recipe()), "--tracking-uri", store, "--experiment", "gone")
+    assert result.exit_code == 1
+    assert "experiment 'gone' was deleted; restore it with `mlflow experiments restore" in result.output
+
+
+def test_all_trials_failing_exits_1_with_the_first_error(write_recipe, store):
+    recipe = write_recipe(model='''
+    def model(x_train, y_train, x_test, y_test):
+        raise ValueError("bad layer " + <<choice(["a"])>>)
+    ''')
+    result = invoke("run", str(recipe), "--tracking-uri", store, "--max-evals", "2")
+    assert result.exit_code == 1
+    assert "all 2 trials failed; first error: ValueError: bad layer a" in result.output
+    assert "error.txt" in result.output
+
+
+def test_best_on_a_missing_experiment(store):
+    result = invoke("best", "nothing", "--tracking-uri", store)
+    assert result.exit_code == 1 and "no experiment 'nothing'" in result.output
+
+
+@pytest.mark.slow
+def test_run_then_best_in_a_fresh_folder_with_the_default_store(write_recipe, tmp_path):
+    recipe = write_recipe(name="digits.py")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run = subprocess.run([TUNING, "run", str(recipe), "--max-evals", "2", "--seed", "5"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "mlflow.db").exists()  # MLflow's own default, so `mlflow ui` here shows it
+    assert "study digits" in run.stdout and "2 trials finished, 0 failed" in run.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in run.stdout
+    assert "tuning.load_best('digits')" in run.stdout
+    assert "trial 1: loss" in run.stderr and "trial 2: loss" in run.stderr  # progress lines
+
+    best = subprocess.run([TUNING, "best", "digits", "--top", "5"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert best.returncode == 0, best.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    trials = client.search_runs([client.get_experiment_by_name("digits").experiment_id],
+                                "tags.`tuning.kind` = 'trial'", order_by=["metrics.hyperopt_loss ASC"])
+    assert len(trials) == 2
+    first, second = (best.stdout.index(r.info.run_id) for r in trials)
+    assert first < second  # sorted by the objective, best first
+    assert f"runs:/{trials[0].info.run_id}/model" in best.stdout

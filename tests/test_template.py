@@ -1,0 +1,213 @@
+"""The template compiler: markers, names, line numbers, errors."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import traceback
+from pathlib import Path
+
+import pytest
+from hyperas.distributions import choice  # noqa: F401 - the name {{…}} markers use
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tuning.errors import TemplateError
+from tuning.template import PARAM_FUNCTION, Template, assigned, param_value
+
+
+def hyperas_names(model_source: str) -> list[str]:
+    """hyperas' own ``hyperparameter_names``, read from the installed package.
+
+    ``hyperas.optim`` cannot be imported under Keras 3, so the function's source is
+    taken out of the file and run by itself.
+    """
+    spec = importlib.util.find_spec("hyperas")
+    path = Path(next(iter(spec.submodule_search_locations))) / "optim.py"
+    tree = ast.parse(path.read_text())
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
+                    and n.name == "hyperparameter_names")
+    namespace: dict = {"re": re}
+    exec(compile(ast.Module([function], []), str(path), "exec"), namespace)
+    return namespace["hyperparameter_names"](model_source)
+
+
+HYPERAS_README_MODEL = '''\
+def model(x_train, y_train, x_test, y_test):
+    model = Sequential()
+    model.add(Dense(512, input_shape=(784,)))
+    model.add(Activation('relu'))
+    model.add(Dropout({{uniform(0, 1)}}))
+    model.add(Dense({{choice([256, 512, 1024])}}))
+    model.add(Activation({{choice(['relu', 'sigmoid'])}}))
+    model.add(Dropout({{uniform(0, 0.5)}}))
+    if {{choice(['three', 'four'])}} == 'four':
+        model.add(Dense(100))
+        model.add({{choice([Dropout(0.5), Activation('linear')])}})
+        model.add(Activation('relu'))
+    model.compile(loss='categorical_crossentropy', metrics=['accuracy'],
+                  optimizer={{choice(['rmsprop', 'adam', 'sgd'])}})
+    model.fit(x_train, y_train, batch_size={{choice([64, 128])}}, epochs=1)
+    return model
+'''
+
+# The hyperas + MLflow MNIST tutorial's model: repeated marker expressions, which hyperas
+# mislabels (it names each by the first textual match of the same expression).
+TUTORIAL_MODEL = '''\
+def model(x_train, y_train, x_test, y_test):
+    f1 = {{quniform(24, 64, 4)}}
+    f2 = {{quniform(8, 128, 4)}}
+    d1 = {{uniform(0, 1)}}
+    d2 = {{uniform(0, 1)}}
+    dense = {{quniform(8, 128, 4)}}
+    d3 = {{uniform(0, 1)}}
+    k1 = {{quniform(3, 5, 1)}}
+    k2 = {{quniform(3, 5, 1)}}
+    m = Sequential([Conv2D(f1, k1), Conv2D(f2, k2), Dropout(d1), Dense(dense), Dropout(d2)])
+    m.fit(x_train, y_train, batch_size={{quniform(32, 128, 4)}})
+    return m
+'''
+
+
+def names(source: str) -> list[str]:
+    return [m.name for m in Template.from_source(source).markers]
+
+
+def test_names_equal_hyperas_where_hyperas_is_right():
+    assert names(HYPERAS_README_MODEL) == hyperas_names(HYPERAS_README_MODEL)
+    assert names(HYPERAS_README_MODEL) == [
+        "Dropout", "Dense", "Activation", "Dropout_1", "Dropout_2", "add",
+        "optimizer", "batch_size"]
+
+
+def test_repeated_expressions_take_the_identifier_before_this_marker():
+    ours = names(TUTORIAL_MODEL)
+    assert ours == ["f1", "f2", "d1", "d2", "dense", "d3", "k1", "k2", "batch_size"]
+    theirs = hyperas_names(TUTORIAL_MODEL)
+    assert theirs[3] == "d1_1" and theirs[4] == "f2_1"  # the hyperas bug we do not copy
+
+
+def test_native_markers_and_explicit_names():
+    source = '''\
+def model(x):
+    a = <<uniform(0, 0.5, name="dropout_in")>>
+    b = Dense(<<choice([1, 2])>>)(a)
+    c = Dense(<<choice([3, 4])>>)(b)
+    return <<choice(["x"])>>
+'''
+    template = Template.from_source(source)
+    assert [m.name for m in template.markers] == ["dropout_in", "Dense", "Dense_1", "Dense_2"]
+    assert template.markers[0].explicit
+    assert template.markers[0].expression == "uniform(0, 0.5)"
+
+
+def test_markers_in_strings_and_comments_are_untouched():
+    source = '''\
+def model(x):
+    s = "<<uniform(0, 1)>> {{choice([1])}}"  # <<uniform(0, 1)>>
+    t = f"{{{{not}}}} <<x>>"
+    doc = """{{uniform(0, 1)}}"""
+    return Dense(<<choice([1, 2])>>), 1 << 2, x >> 1
+'''
+    template = Template.from_source(source)
+    assert [m.name for m in template.markers] == ["Dense"]
+    rewritten = template.code.splitlines()
+    assert rewritten[:4] == source.splitlines()[:4]
+    assert rewritten[4] == f'    return Dense({PARAM_FUNCTION}("Dense")), 1 << 2, x >> 1'
+
+
+def test_multiline_marker_keeps_every_line_number():
+    source = '''\
+def model(x):
+    a = Dense(<<choice([
+        16,
+        32])>>)
+    b = <<uniform(0, 1)>>
+    raise ValueError("line 6")
+'''
+    template = Template.from_source(source)
+    assert len(template.code.splitlines()) == len(source.splitlines())
+    assert [m.line for m in template.markers] == [2, 5]
+    namespace = {PARAM_FUNCTION: param_value, "Dense": lambda units: units}
+    exec(template.compile(), namespace)
+    with assigned({"Dense": 16, "b": 0.5}), pytest.raises(ValueError) as info:
+        namespace["model"](None)
+    frame = traceback.extract_tb(info.value.__traceback__)[-1]
+    assert (frame.filename, frame.lineno) == ("<string>", 6)
+    assert frame.line == 'raise ValueError("line 6")'  # the user's own line, from linecache
+
+
+def test_function_object_with_hyperas_markers_keeps_file_lines():
+    def model(x):
+        units = {{choice([4, 8])}}  # noqa: F841 (a set literal until compiled)
+        return units * x
+
+    template = Template.from_function(model)
+    assert [m.name for m in template.markers] == ["units"]
+    assert template.markers[0].line == model.__code__.co_firstlineno + 1
+    assert template.filename == __file__
+
+
+@pytest.mark.parametrize(("source", "message", "line"), [
+    ("def model(x):\n    return <<unifrom(0, 1)>>\n",
+     "unknown distribution 'unifrom'.*did you mean 'uniform'", 2),
+    ("def model(x):\n    a = 1\n    return Dense(<<uniform(0, 1))\n", "marker '<<' is not closed", 3),
+    ("def model(x):\n    return {{uniform(0, 1)}\n", "never closed", 2),
+    ("def model(x):\n    return <<uniform(1, 0)>>\n", "low must be below high", 2),
+    ("def model(x):\n    return <<uniform(1)>>\n", r"missing .*'high'; write uniform\(low, high\)", 2),
+    ("def model(x):\n    return <<choice([])>>\n", "options must not be empty", 2),
+    ("def model(x):\n    return <<quniform(0, 8, 0)>>\n", "q must be positive", 2),
+    ("def model(x):\n    return <<uniform(0, 1) + 1>>\n", "one distribution call", 2),
+    ("def model(x):\n    return <<>>\n", "empty marker", 2),
+    ("def model(x):\n    return <<choice([<<uniform(0, 1)>>])>>\n", "cannot be nested", 2),
+    ("x = <<uniform(0, 1)>>\n\ndef model(x):\n    return x\n", "outside the model function", 1),
+    ("def data():\n    return <<uniform(0, 1)>>\n", "defines no model", 2),
+    ("def model(x):\n    a = <<uniform(0, 1, name='a')>>\n    b = <<uniform(0, 1, name='a')>>\n",
+     "two markers are named 'a'", 2),
+    ("def model(x):\n    return <<choice(OPTIONS)>>\n", "OPTIONS", 2),
+    ("def model(x):\n    return x >>\n", "'>>' without a matching '<<'|invalid syntax", 2),
+])
+def test_errors_name_the_file_line_and_fix(source, message, line):
+    with pytest.raises(TemplateError, match=message) as info:
+        Template.from_source(source, "recipe.py").distributions()
+    assert info.value.filename == "recipe.py"
+    assert info.value.line == line
+    assert str(info.value).startswith(f"recipe.py:{line}: ")
+
+
+def test_marker_arguments_may_use_recipe_names():
+    template = Template.from_source("def model(x):\n    return <<choice(OPTIONS)>>\n")
+    assert template.distributions({"OPTIONS": [1, 2]})["choice"].grid == [1, 2]
+
+
+def test_reading_a_value_outside_a_trial_says_how():
+    template = Template.from_source("def model():\n    return <<choice([1, 2])>>\n")
+    namespace = {PARAM_FUNCTION: param_value}
+    exec(template.compile(), namespace)
+    with pytest.raises(RuntimeError, match="outside a trial"):
+        namespace["model"]()
+    with assigned({"choice": 2}):
+        assert namespace["model"]() == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_text_in_strings_and_comments_never_changes(text):
+    literal = repr(text)
+    comment = "".join(c for c in text if c.splitlines() == [c] and c != "\x00")  # a comment line
+    source = f"def model(x):\n    s = {literal}  # {comment}\n    return Dense(<<choice([1, 2])>>)\n"
+    template = Template.from_source(source)
+    assert template.code.split("\n")[1] == source.split("\n")[1]
+    assert [m.name for m in template.markers] == ["Dense"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(source=st.text(alphabet="<>{}()[]=,.:'\"#\n dfelmoiunrcha0123_", max_size=80))
+def test_any_text_compiles_or_raises_template_error(source):
+    try:
+        template = Template.from_source(source, "fuzz.py")
+    except TemplateError as error:
+        assert error.filename == "fuzz.py"
+        return
+    assert len(template.code.splitlines()) == len(source.splitlines())
