@@ -3,11 +3,10 @@
     tuning run recipes/digits_cnn.py --max-evals 10
 
 Markers: <<quniform(low, high, q)>> with an integer q gives ints, <<uniform>> floats,
-<<choice([...])>> one of the listed values. Each becomes an MLflow param and tag named
-after the identifier before it (filters, kernel_size, Dropout, Dense, batch_size).
+<<loguniform(a, b)>> values between e**a and e**b, <<choice([...])>> one of the listed
+values. Each becomes an MLflow param and tag named after the identifier before it
+(filters, kernel_size, Dropout, Dense, learning_rate, batch_size).
 """
-
-import os
 
 import keras
 import numpy as np
@@ -18,7 +17,6 @@ EXPERIMENT = "digits_cnn"
 MAX_EVALS = 10
 ALGO = "tpe"
 OBJECTIVE = "accuracy"  # measured on (x_test, y_test) after training
-EPOCHS = int(os.environ.get("TUNING_EPOCHS", "5"))  # tests set TUNING_EPOCHS=1
 
 
 def data():
@@ -42,6 +40,6 @@ def model(x_train, y_train, x_test, y_test):
     ])
     net.compile(optimizer=keras.optimizers.Adam(learning_rate=<<loguniform(-7, -3)>>),
                 loss="categorical_crossentropy", metrics=["accuracy"])
-    net.fit(x_train, y_train, epochs=EPOCHS, batch_size=<<choice([16, 32, 64])>>,
+    net.fit(x_train, y_train, epochs=5, batch_size=<<choice([16, 32, 64])>>,
             validation_data=(x_test, y_test))
     return net

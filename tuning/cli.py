@@ -58,15 +58,24 @@ def main() -> None:
 @click.option("--seed", type=int, help="Seed: the same seed samples the same parameters.")
 @click.option("--objective", help="Metric to optimise [default: accuracy on (x_test, y_test)].")
 @click.option("--mode", type=click.Choice(["min", "max"]), help="Minimise or maximise the objective.")
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False),
+              help="A data file passed to the recipe's data(path), e.g. an .npz for offline use.")
+@click.option("--max-epochs", type=click.IntRange(min=1), envvar="TUNING_MAX_EPOCHS",
+              help="Train every fit for at most N epochs (quick checks) [env: TUNING_MAX_EPOCHS].")
 @click.option("--no-model", is_flag=True, help="Do not log each trial's model.")
 @click.option("--verbose", is_flag=True, help="Show Keras' own fit output instead of a progress bar.")
 @friendly
-def run(recipe: str, tracking_uri: str | None, no_model: bool, verbose: bool, **options: Any) -> None:
+def run(recipe: str, tracking_uri: str | None, data_path: str | None, no_model: bool, verbose: bool,
+        **options: Any) -> None:
     """Search RECIPE's hyperparameters; every trial becomes an MLflow run."""
+    from tuning.recipe import Recipe
     from tuning.study import minimize
     from tuning.tracking import ui_command
 
-    study = minimize(recipe, tracking_uri=tracking_uri, log_model=not no_model,
+    loaded = Recipe.from_file(recipe)
+    if data_path:
+        loaded.data = loaded.data_from(data_path)
+    study = minimize(loaded, tracking_uri=tracking_uri, log_model=not no_model,
                      progress=not verbose, **options)
     best = study.best
     console.print(f"\nstudy [bold]{study.experiment}[/] ({study.run_id}): "

@@ -34,9 +34,10 @@ class EpochCallback(keras.callbacks.Callback):
 class EpochLog:
     """The epochs of one trial, numbered across all its ``fit`` calls."""
 
-    def __init__(self, sink: EpochSink, quiet: bool = False):
+    def __init__(self, sink: EpochSink, quiet: bool = False, max_epochs: int | None = None):
         self.sink = sink
         self.quiet = quiet
+        self.max_epochs = max_epochs
         self.epochs: list[dict[str, float]] = []
 
     def add(self, logs: dict[str, Any]) -> None:
@@ -76,6 +77,9 @@ def _fit(self: keras.Model, *args: Any, **kwargs: Any) -> Any:
     arguments["callbacks"] = [*(arguments.get("callbacks") or []), EpochCallback(log)]
     if log.quiet:
         arguments["verbose"] = 0
+    if log.max_epochs is not None:  # a cap for quick runs: every fit trains at most N epochs
+        first = arguments.get("initial_epoch", 0)
+        arguments["epochs"] = min(arguments.get("epochs", 1), first + log.max_epochs)
     return _original_fit(*bound.args, **bound.kwargs)
 
 

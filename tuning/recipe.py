@@ -89,6 +89,16 @@ class Recipe:
         _execute(template, namespace)
         return cls(template, namespace, namespace[template.function], data)
 
+    def data_from(self, path: str) -> Callable[[], Any]:
+        """``data`` bound to a data file, for ``--data PATH``; data() must take ``path``."""
+        data = self.data
+        try:
+            inspect.signature(data).bind(path)  # type: ignore[arg-type]
+        except TypeError:
+            raise RecipeError(f"{self.template.filename}: --data needs a data(path=None) that "
+                              "takes the file's path; this recipe's data() takes no argument") from None
+        return lambda: data(path)  # type: ignore[misc]
+
     def load_data(self) -> tuple[Any, ...]:
         """Call ``data()`` once; its result is passed to every trial's ``model(...)``."""
         if self.data is None:

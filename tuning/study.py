@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -37,14 +38,16 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
              seed: int | None = None,
              experiment: str | None = None, tracking_uri: str | None = None,
              objective: str | None = None, mode: str | None = None, log_model: bool = True,
-             progress: bool = True, trials: Trials | None = None) -> StudyResult:
+             max_epochs: int | None = None, progress: bool = True,
+             trials: Trials | None = None) -> StudyResult:
     """Search the hyperparameters of a templated model; track every trial in MLflow.
 
     ``recipe`` is a recipe file's path, or a ``model`` function written with ``{{…}}``
     markers (then ``data`` is its data function). ``algo`` is ``"tpe"``, ``"rand"``,
     ``"anneal"`` or any hyperopt ``suggest`` function. Arguments left as None take the
-    recipe's constants (``MAX_EVALS``, ``ALGO`` …), then the defaults. With
-    ``progress=True`` a progress bar replaces Keras' own per-epoch output.
+    recipe's constants (``MAX_EVALS``, ``ALGO`` …), then the defaults. ``max_epochs``
+    (or ``TUNING_MAX_EPOCHS``) caps every ``fit`` for a quick run. With ``progress=True``
+    a progress bar replaces Keras' own per-epoch output.
 
     Example::
 
@@ -61,7 +64,7 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
         recipe.data = data
     config = StudyConfig.merge(recipe, dict(
         max_evals=max_evals, algo=algo, seed=seed, experiment=experiment, objective=objective,
-        mode=mode, log_model=log_model, progress=progress))
+        mode=mode, log_model=log_model, max_epochs=max_epochs, progress=progress))
     return run_study(recipe, config, Tracker(tracking_uri), trials)
 
 
@@ -97,6 +100,7 @@ class StudyConfig:
     seed: int
     objective: Objective
     log_model: bool = True
+    max_epochs: int | None = None
     progress: bool = True
 
     @classmethod
@@ -113,12 +117,14 @@ class StudyConfig:
         if max_evals < 1:
             raise ValueError(f"max_evals must be at least 1, got {max_evals}")
         seed = pick("SEED", None)
+        max_epochs = overrides.get("max_epochs") or os.environ.get("TUNING_MAX_EPOCHS")
         return cls(
             experiment=str(pick("EXPERIMENT", recipe.name)),
             max_evals=max_evals, algo=algo,
             seed=int(seed) if seed is not None else secrets.randbelow(2**31),
             objective=Objective.create(pick("OBJECTIVE", None), pick("MODE", None)),
             log_model=overrides.get("log_model", True),
+            max_epochs=int(max_epochs) if max_epochs else None,
             progress=overrides.get("progress", True),
         )
 
@@ -153,14 +159,14 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker,
     tracker.log(study_run_id, params={
         "recipe": recipe.template.filename, "algo": config.algo_name, "seed": config.seed,
         "max_evals": config.max_evals, "objective": config.objective.metric,
-        "mode": config.objective.mode})
+        "mode": config.objective.mode, "max_epochs": config.max_epochs})
     tracker.log_json(study_run_id, _describe(recipe, distributions), "space.json")
     tracker.log_text(study_run_id, recipe.template.source, f"recipe/{_source_name(recipe)}")
 
     reporter: Reporter = RichReporter(config.max_evals) if config.progress else SilentReporter()
     setup = TrialSetup(tracker, experiment_id, study_run_id, recipe, data, config.objective,
                        reporter, seed=config.seed, log_model=config.log_model,
-                       quiet_fit=config.progress)
+                       quiet_fit=config.progress, max_epochs=config.max_epochs)
     results: list[TrialResult] = []
 
     def objective(expr: Any, memo: Any, ctrl: Any) -> dict[str, Any]:

@@ -104,6 +104,7 @@ class TrialSetup:
     seed: int | None = None
     log_model: bool = True
     quiet_fit: bool = False
+    max_epochs: int | None = None
     test: tuple[Any, Any] | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -128,7 +129,7 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
         sender.send(metrics, step)
         setup.reporter.epoch_ended(number, step, metrics)
 
-    log = EpochLog(sink, quiet=setup.quiet_fit)
+    log = EpochLog(sink, quiet=setup.quiet_fit, max_epochs=setup.max_epochs)
     started = time.perf_counter()
     try:
         if setup.seed is not None:
