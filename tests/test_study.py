@@ -194,3 +194,36 @@ def test_space_of_the_digits_recipe(write_recipe):
     assert grid_size(distributions) is None
     del distributions["Dropout"]
     assert grid_size(distributions) == 4 * 2 * 2
+
+
+WITH_BLOCK = """
+        with mlflow.start_run():
+            mlflow.log_param("units_by_hand", units)
+            mlflow.log_metric("custom", 0.5)
+"""
+BARE_CALLS = """
+        mlflow.log_param("units_by_hand", units)
+        mlflow.log_metric("custom", 0.5)
+"""
+
+
+@pytest.mark.parametrize("logging_code", [WITH_BLOCK, BARE_CALLS], ids=["with-block", "bare-calls"])
+def test_tutorial_style_mlflow_code_in_the_model_logs_into_the_trial_run(write_recipe, store,
+                                                                         logging_code):
+    recipe = write_recipe(model='''
+    import mlflow
+
+    def model(x_train, y_train, x_test, y_test):
+        units = <<choice([4, 8])>>
+''' + logging_code + '''
+        return {"loss": -units, "status": "ok"}
+    ''')
+    tuning.minimize(recipe, max_evals=2, tracking_uri=store, progress=False)
+    client, (parent,), trials = runs(store)
+    every_run = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(every_run) == 3  # no stray runs: the user's calls went into the trials
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["units_by_hand"] == run.data.params["units"]
+        assert run.data.metrics["custom"] == 0.5
+    assert mlflow.active_run() is None

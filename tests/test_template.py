@@ -211,3 +211,28 @@ def test_any_text_compiles_or_raises_template_error(source):
         assert error.filename == "fuzz.py"
         return
     assert len(template.code.splitlines()) == len(source.splitlines())
+
+
+# Statement shapes hyperas scripts use; {n} makes every marker expression distinct, the case
+# in which hyperas' own naming is right and ours must equal it.
+_SHAPES = [
+    "    {name} = {{{{uniform(0, {n})}}}}",
+    "    model.add(Dense({{{{choice([{n}, {n}1])}}}}))",
+    "    model.add(Dropout({{{{uniform(0, 0.{n})}}}}))",
+    "    model.add({{{{choice([Dropout(0.{n}), Activation('relu')])}}}})",
+    "    if {{{{choice(['three{n}', 'four'])}}}} == 'four':\n        pass",
+    "    model.fit(x, y, batch_size={{{{choice([{n}, 64])}}}}, epochs={{{{choice([1, {n}])}}}})",
+    "    model.compile(optimizer={{{{choice(['adam', 'sgd{n}'])}}}})",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(shapes=st.lists(st.tuples(st.integers(0, len(_SHAPES) - 1), st.sampled_from(["a", "b", "f1"])),
+                       min_size=1, max_size=12))
+def test_names_equal_hyperas_names_for_any_hyperas_style_model(shapes):
+    body = [_SHAPES[shape].format(name=name, n=i + 1) for i, (shape, name) in enumerate(shapes)]
+    source = "def model(x, y):\n" + "\n".join(body) + "\n    return model\n"
+    if shapes[0][0] == 4:  # a first marker with no identifier: hyperas raises IndexError
+        assert names(source)[0] == "choice"  # we name it after its distribution
+        return
+    assert names(source) == hyperas_names(source)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import queue
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -182,6 +184,27 @@ def keras_requirements() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return requirements
+
+
+@contextmanager
+def fluent_run(run_id: str) -> Iterator[None]:
+    """Let MLflow calls in the user's own code (tutorial style) log into the trial's run.
+
+    ``mlflow.start_run()`` and a bare ``mlflow.log_metric`` resume the run named by
+    ``MLFLOW_RUN_ID``; a run they leave open on MLflow's stack is closed on the way out
+    (the trial sets its true status right after).
+    """
+    previous = os.environ.get("MLFLOW_RUN_ID")
+    os.environ["MLFLOW_RUN_ID"] = run_id
+    try:
+        yield
+    finally:
+        while (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
+            mlflow.end_run()
+        if previous is None:
+            os.environ.pop("MLFLOW_RUN_ID", None)
+        else:
+            os.environ["MLFLOW_RUN_ID"] = previous
 
 
 class MetricSender:

@@ -21,7 +21,7 @@ from tuning.errors import TrackingError
 from tuning.keras_callback import EpochLog, recording
 from tuning.recipe import Recipe
 from tuning.template import assigned
-from tuning.tracking import LOSS_METRIC, Tracker
+from tuning.tracking import LOSS_METRIC, Tracker, fluent_run
 
 _ACCURACY_ALIASES = {"accuracy": ("acc", "categorical_accuracy", "sparse_categorical_accuracy",
                                   "binary_accuracy", "compile_metrics")}
@@ -134,7 +134,7 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
     try:
         if setup.seed is not None:
             keras.utils.set_random_seed((setup.seed + number) % 2**32)
-        with recording(log), assigned(params):
+        with recording(log), assigned(params), fluent_run(run_id):
             returned = setup.recipe.model(*setup.data)
         model, loss, metrics = _outcome(returned, log, setup)
         sender.close()
