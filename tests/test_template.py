@@ -217,11 +217,11 @@ def test_any_text_compiles_or_raises_template_error(source):
 # in which hyperas' own naming is right and ours must equal it.
 _SHAPES = [
     "    {name} = {{{{uniform(0, {n})}}}}",
-    "    model.add(Dense({{{{choice([{n}, {n}1])}}}}))",
+    "    model.add(Dense({{{{choice([{n}, 100001])}}}}))",
     "    model.add(Dropout({{{{uniform(0, 0.{n})}}}}))",
     "    model.add({{{{choice([Dropout(0.{n}), Activation('relu')])}}}})",
     "    if {{{{choice(['three{n}', 'four'])}}}} == 'four':\n        pass",
-    "    model.fit(x, y, batch_size={{{{choice([{n}, 64])}}}}, epochs={{{{choice([1, {n}])}}}})",
+    "    model.fit(x, y, batch_size={{{{choice([{n}, 200002])}}}}, epochs={{{{choice([300003, {n}])}}}})",
     "    model.compile(optimizer={{{{choice(['adam', 'sgd{n}'])}}}})",
 ]
 
