@@ -31,7 +31,7 @@ def test_every_trial_is_a_child_run_with_params_metrics_and_model(write_recipe, 
     client, (parent,), trials = runs(store)
     assert study.run_id == parent.info.run_id
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["seed"] == "7" and parent.data.params["max_evals"] == "3"
+    assert parent.data.params["seed"] == "7" and parent.data.tags["tuning.max_evals"] == "3"
     assert parent.data.params["algo"] == "tpe"
     assert len(trials) == 3
     names = ["Dense", "activation", "Dropout", "batch_size"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -38,8 +40,20 @@ def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: the running trial and the study run were marked KILLED", err=True)
+            if command.__name__ == "run":
+                click.echo(f"resume with: {resume_command()}", err=True)
             sys.exit(130)
     return debug_option(wrapper)
+
+
+def resume_command() -> str:
+    """The command line that was run, with --resume: what continues an interrupted study."""
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    return shlex.join(["tuning", *args, "--resume"])
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops a study like Ctrl-C: runs end KILLED
 
 
 @click.group()
@@ -63,6 +77,8 @@ def main() -> None:
 @click.option("--max-epochs", type=click.IntRange(min=1), envvar="TUNING_MAX_EPOCHS",
               help="Train every fit for at most N epochs (quick checks) [env: TUNING_MAX_EPOCHS].")
 @click.option("--no-model", is_flag=True, help="Do not log each trial's model.")
+@click.option("--resume", is_flag=True,
+              help="Continue the newest unfinished study of this recipe, up to --max-evals trials in all.")
 @click.option("--verbose", is_flag=True, help="Show Keras' own fit output instead of a progress bar.")
 @friendly
 def run(recipe: str, tracking_uri: str | None, data_path: str | None, no_model: bool, verbose: bool,
@@ -72,6 +88,8 @@ def run(recipe: str, tracking_uri: str | None, data_path: str | None, no_model: 
     from tuning.study import minimize
     from tuning.tracking import ui_command
 
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     loaded = Recipe.from_file(recipe)
     if data_path:
         loaded.data = loaded.data_from(data_path)
@@ -103,6 +121,8 @@ def space(recipe: str) -> None:
     from tuning.recipe import Recipe
     from tuning.study import grid_size
 
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     loaded = Recipe.from_file(recipe)
     distributions = loaded.template.distributions(loaded.namespace)
     lines = {m.name: m.line for m in loaded.template.markers}

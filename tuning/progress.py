@@ -26,13 +26,13 @@ class SilentReporter:
 class RichReporter:
     """A progress bar over trials, the running epoch, and one line per finished trial."""
 
-    def __init__(self, total: int, console: Console | None = None):
+    def __init__(self, total: int, done: int = 0, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self.best: float | None = None
         self._progress = Progress(
             TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[status]}"), console=self.console, transient=True)
-        self._task = self._progress.add_task("trials", total=total, status="")
+        self._task = self._progress.add_task("trials", total=total, completed=done, status="")
 
     def __enter__(self) -> RichReporter:
         self._progress.start()

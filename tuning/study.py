@@ -6,6 +6,7 @@ values, never choice indices or ``t["misc"]["vals"]``.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -21,6 +22,7 @@ import numpy as np
 from hyperopt import Trials, anneal, fmin, pyll, rand, tpe
 from hyperopt.exceptions import AllTrialsFailed
 
+from tuning import history
 from tuning.distributions import Distribution
 from tuning.errors import TemplateError
 from tuning.progress import RichReporter, SilentReporter
@@ -38,7 +40,7 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
              seed: int | None = None,
              experiment: str | None = None, tracking_uri: str | None = None,
              objective: str | None = None, mode: str | None = None, log_model: bool = True,
-             max_epochs: int | None = None, progress: bool = True,
+             max_epochs: int | None = None, progress: bool = True, resume: bool = False,
              trials: Trials | None = None) -> StudyResult:
     """Search the hyperparameters of a templated model; track every trial in MLflow.
 
@@ -64,7 +66,7 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
         recipe.data = data
     config = StudyConfig.merge(recipe, dict(
         max_evals=max_evals, algo=algo, seed=seed, experiment=experiment, objective=objective,
-        mode=mode, log_model=log_model, max_epochs=max_epochs, progress=progress))
+        mode=mode, log_model=log_model, max_epochs=max_epochs, progress=progress, resume=resume))
     return run_study(recipe, config, Tracker(tracking_uri), trials)
 
 
@@ -102,6 +104,8 @@ class StudyConfig:
     log_model: bool = True
     max_epochs: int | None = None
     progress: bool = True
+    resume: bool = False
+    explicit: frozenset[str] = frozenset()  # settings given as flags/arguments, not defaults
 
     @classmethod
     def merge(cls, recipe: Recipe, overrides: dict[str, Any]) -> StudyConfig:
@@ -126,7 +130,24 @@ class StudyConfig:
             log_model=overrides.get("log_model", True),
             max_epochs=int(max_epochs) if max_epochs else None,
             progress=overrides.get("progress", True),
+            resume=bool(overrides.get("resume")),
+            explicit=frozenset(k for k, v in overrides.items() if v is not None),
         )
+
+    def resumed(self, params: dict[str, str]) -> StudyConfig:
+        """This config with the settings a resumed study was started with."""
+        stored = {"algo": params.get("algo"), "seed": params.get("seed"),
+                  "objective": params.get("objective"), "mode": params.get("mode")}
+        mine = {"algo": self.algo_name, "seed": str(self.seed),
+                "objective": self.objective.metric, "mode": self.objective.mode}
+        clash = [k for k in stored if k in self.explicit and stored[k] != mine[k]]
+        if clash:
+            raise ValueError(f"the study being resumed was run with "
+                             f"{', '.join(f'{k}={stored[k]}' for k in clash)}; leave out "
+                             f"{', '.join('--' + k for k in clash)} or start a new study without --resume")
+        algo = stored["algo"] if stored["algo"] in ALGORITHMS else self.algo
+        return dataclasses.replace(self, algo=algo, seed=int(stored["seed"] or self.seed),
+                                   objective=Objective.create(stored["objective"], stored["mode"]))
 
     @property
     def suggest(self) -> Callable[..., Any]:
@@ -154,20 +175,15 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker,
     space = {name: d.to_hyperopt(name) for name, d in distributions.items()}
     data = recipe.load_data()
     experiment_id = tracker.experiment_id(config.experiment)
-    study_run_id = tracker.start_run(experiment_id, f"study-{time.strftime('%Y%m%d-%H%M%S')}",
-                                     "study", tags={"tuning.recipe": recipe.template.filename})
-    tracker.log(study_run_id, params={
-        "recipe": recipe.template.filename, "algo": config.algo_name, "seed": config.seed,
-        "max_evals": config.max_evals, "objective": config.objective.metric,
-        "mode": config.objective.mode, "max_epochs": config.max_epochs})
-    tracker.log_json(study_run_id, _describe(recipe, distributions), "space.json")
-    tracker.log_text(study_run_id, recipe.template.source, f"recipe/{_source_name(recipe)}")
+    trials = trials if trials is not None else Trials()
+    study_run_id, config, results = _open_study(tracker, experiment_id, recipe, config,
+                                                distributions, trials)
 
-    reporter: Reporter = RichReporter(config.max_evals) if config.progress else SilentReporter()
+    reporter: Reporter = (RichReporter(config.max_evals, done=len(results)) if config.progress
+                          else SilentReporter())
     setup = TrialSetup(tracker, experiment_id, study_run_id, recipe, data, config.objective,
                        reporter, seed=config.seed, log_model=config.log_model,
                        quiet_fit=config.progress, max_epochs=config.max_epochs)
-    results: list[TrialResult] = []
 
     def objective(expr: Any, memo: Any, ctrl: Any) -> dict[str, Any]:
         values = pyll.rec_eval(expr, memo=memo)
@@ -189,7 +205,7 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker,
         with reporter if isinstance(reporter, RichReporter) else nullcontext(), \
                 suppress(AllTrialsFailed):  # failed trials are reported in the result
             fmin(objective, space, algo=config.suggest, max_evals=config.max_evals,
-                 trials=trials if trials is not None else Trials(),
+                 trials=trials,
                  rstate=np.random.default_rng(config.seed), show_progressbar=False,
                  return_argmin=False)
         status = "FINISHED"
@@ -202,6 +218,37 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker,
                              config.seed, tuple(results), distributions)
         _finish(tracker, result, status)
     return result
+
+
+def _open_study(tracker: Tracker, experiment_id: str, recipe: Recipe, config: StudyConfig,
+                distributions: dict[str, Distribution], trials: Trials
+                ) -> tuple[str, StudyConfig, list[TrialResult]]:
+    """A new study run, or with ``resume`` the newest unfinished one, its trials rebuilt."""
+    key = _recipe_key(recipe)
+    previous = history.unfinished_study(tracker, experiment_id, key) if config.resume else None
+    if previous is not None:
+        config = config.resumed(previous.data.params)
+        run_id = previous.info.run_id
+        tracker.client.update_run(run_id, status="RUNNING")
+        results = history.rebuild(tracker, experiment_id, run_id, trials)
+        resumes = int(previous.data.tags.get("tuning.resumes", "0")) + 1
+        tracker.log(run_id, tags={"tuning.max_evals": config.max_evals, "tuning.resumes": resumes,
+                                  "tuning.max_epochs": config.max_epochs})
+        return run_id, config, results
+    run_id = tracker.start_run(experiment_id, f"study-{time.strftime('%Y%m%d-%H%M%S')}", "study",
+                               tags={"tuning.recipe": key})
+    tracker.log(run_id, params={"recipe": key, "algo": config.algo_name, "seed": config.seed,
+                                "objective": config.objective.metric, "mode": config.objective.mode},
+                tags={"tuning.max_evals": config.max_evals, "tuning.max_epochs": config.max_epochs})
+    tracker.log_json(run_id, _describe(recipe, distributions), "space.json")
+    tracker.log_text(run_id, recipe.template.source, f"recipe/{_source_name(recipe)}")
+    return run_id, config, []
+
+
+def _recipe_key(recipe: Recipe) -> str:
+    """How a study names its recipe: the absolute path of its file."""
+    name = recipe.template.filename
+    return name if name.startswith("<") else str(Path(name).resolve())
 
 
 def _finish(tracker: Tracker, result: StudyResult, status: str) -> None:

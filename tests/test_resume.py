@@ -1,0 +1,152 @@
+"""Never lose a trial: interrupted studies resume from the tracking server alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from hyperopt import Trials
+from mlflow import MlflowClient
+
+import tuning
+from tests.test_cli import TUNING
+
+# A trial that takes a moment and needs no training; STOP_FILE makes the third one raise
+# KeyboardInterrupt, as a Ctrl-C in the middle of that trial would.
+SLOW_MODEL = '''
+import os, time
+
+
+def data():
+    return 1, 2, 3, 4
+
+
+def model(a, b, c, d):
+    x = <<uniform(0, 1)>>
+    calls = os.environ.get("CALLS_FILE")
+    if calls:
+        with open(calls, "a") as f:
+            f.write("call\\n")
+        if os.environ.get("STOP_AT") and len(open(calls).readlines()) == int(os.environ["STOP_AT"]):
+            raise KeyboardInterrupt
+    time.sleep(float(os.environ.get("TRIAL_SECONDS", "0")))
+    return {"loss": (x - 0.3) ** 2, "status": "ok"}
+'''
+
+
+def study_runs(store: str, experiment: str = "slow"):
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    studies = [r for r in runs if r.data.tags["tuning.kind"] == "study"]
+    trials = sorted((r for r in runs if r.data.tags["tuning.kind"] == "trial"),
+                    key=lambda r: int(r.data.tags["tuning.trial"]))
+    return studies, trials
+
+
+@pytest.fixture
+def slow_recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "slow.py"
+    path.write_text(SLOW_MODEL)
+    return path
+
+
+def test_interrupt_then_resume_continues_the_same_study(slow_recipe, store, tmp_path, monkeypatch):
+    monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
+    monkeypatch.setenv("STOP_AT", "3")
+    with pytest.raises(KeyboardInterrupt):
+        tuning.minimize(slow_recipe, max_evals=5, seed=4, tracking_uri=store, progress=False)
+    (study,), trials = study_runs(store)
+    assert study.info.status == "KILLED"
+    assert [r.info.status for r in trials] == ["FINISHED", "FINISHED", "KILLED"]
+
+    monkeypatch.delenv("STOP_AT")
+    hyperopt_trials = Trials()
+    result = tuning.minimize(slow_recipe, max_evals=6, tracking_uri=store, progress=False,
+                             resume=True, trials=hyperopt_trials)
+    (resumed,), trials = study_runs(store)
+    assert resumed.info.run_id == study.info.run_id == result.run_id
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.tags["tuning.resumes"] == "1" and resumed.data.params["seed"] == "4"
+    assert [int(r.data.tags["tuning.trial"]) for r in trials] == [1, 2, 3, 4, 5, 6]
+    assert [r.info.status for r in trials] == ["FINISHED"] * 2 + ["KILLED"] + ["FINISHED"] * 3
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 6  # nothing ran twice
+    assert len(hyperopt_trials.trials) == 6  # TPE saw the first three trials
+    assert [t.number for t in result.trials] == [1, 2, 3, 4, 5, 6]
+    best = min(trials[:2] + trials[3:], key=lambda r: r.data.metrics["hyperopt_loss"])
+    assert resumed.data.tags["tuning.best_run_id"] == best.info.run_id == result.best.run_id
+
+
+def test_resume_refuses_a_different_algorithm(slow_recipe, store, tmp_path, monkeypatch):
+    monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
+    monkeypatch.setenv("STOP_AT", "2")
+    with pytest.raises(KeyboardInterrupt):
+        tuning.minimize(slow_recipe, max_evals=3, algo="tpe", tracking_uri=store, progress=False)
+    with pytest.raises(ValueError, match="was run with algo=tpe; leave out --algo"):
+        tuning.minimize(slow_recipe, max_evals=3, algo="rand", tracking_uri=store, progress=False,
+                        resume=True)
+
+
+def _start(recipe: Path, store: str, cwd: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "TRIAL_SECONDS": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([TUNING, "run", str(recipe), "--tracking-uri", store, "--max-evals", "4",
+                             "--seed", "1", *extra], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for(store: str, finished: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, trials = study_runs(store)
+        done = [r for r in trials if r.info.status == "FINISHED"]
+        if len(done) >= finished and any(r.info.status == "RUNNING" for r in trials):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{finished} trials did not finish in {timeout} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ends_trial_and_study_killed_and_prints_the_resume_command(
+        slow_recipe, store, tmp_path, signum):
+    process = _start(slow_recipe, store, tmp_path)
+    _wait_for(store, finished=1)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    (study,), trials = study_runs(store)
+    assert study.info.status == "KILLED"
+    assert [r.info.status for r in trials] == ["FINISHED", "KILLED"]
+    command = stderr.split("resume with: ", 1)[1].strip()
+    assert command == (f"tuning run {slow_recipe} --tracking-uri {store} --max-evals 4 "
+                       "--seed 1 --resume")
+
+    resumed = subprocess.run([TUNING, *command.split()[1:]], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300, env={**os.environ, "TRIAL_SECONDS": "0"})
+    assert resumed.returncode == 0, resumed.stderr
+    (study,), trials = study_runs(store)
+    assert study.info.status == "FINISHED"
+    assert [r.info.status for r in trials] == ["FINISHED", "KILLED", "FINISHED", "FINISHED"]
+
+
+@pytest.mark.slow
+def test_after_kill_9_resume_marks_the_orphan_killed(slow_recipe, store, tmp_path):
+    process = _start(slow_recipe, store, tmp_path)
+    _wait_for(store, finished=2)
+    process.kill()
+    process.wait(timeout=30)
+    (study,), trials = study_runs(store)
+    assert study.info.status == "RUNNING" and trials[-1].info.status == "RUNNING"
+
+    resumed = subprocess.run([TUNING, "run", str(slow_recipe), "--tracking-uri", store, "--max-evals",
+                              "4", "--resume"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    (study,), trials = study_runs(store)
+    assert study.info.status == "FINISHED"
+    assert [r.info.status for r in trials] == ["FINISHED", "FINISHED", "KILLED", "FINISHED"]
+    assert trials[2].data.tags["tuning.error"] == "the process running it died"

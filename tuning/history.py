@@ -1,0 +1,98 @@
+"""A study's history, rebuilt from the tracking server alone (for ``--resume``).
+
+Each trial run carries its raw hyperopt values (``tuning.hyperopt_vals``), its loss and
+its status, which is all hyperopt needs to continue informed: no pickle beside the
+server. Runs are read a page at a time, so a study of thousands of trials resumes in
+seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from hyperopt import Trials, base
+from hyperopt.fmin import generate_trial
+from mlflow.entities import Run
+
+from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker
+from tuning.trial import TrialResult, TrialStatus
+
+_PAGE = 1000
+_STATUS = {"FINISHED": TrialStatus.OK, "FAILED": TrialStatus.FAILED, "KILLED": TrialStatus.KILLED}
+
+
+def unfinished_study(tracker: Tracker, experiment_id: str, recipe: str) -> Run | None:
+    """The newest study run of ``recipe`` in the experiment that did not finish."""
+    query = (f"tags.`{KIND_TAG}` = 'study' and tags.`tuning.recipe` = '{_quoted(recipe)}' "
+             "and attributes.status != 'FINISHED'")
+    found = tracker.client.search_runs([experiment_id], query, max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+    return found[0] if found else None
+
+
+def trial_runs(tracker: Tracker, experiment_id: str, study_run_id: str) -> Iterator[Run]:
+    """Every trial run of a study, page by page."""
+    query = f"tags.`{KIND_TAG}` = 'trial' and tags.`mlflow.parentRunId` = '{study_run_id}'"
+    token = None
+    while True:
+        page = tracker.client.search_runs([experiment_id], query, max_results=_PAGE, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def rebuild(tracker: Tracker, experiment_id: str, study_run_id: str,
+            trials: Trials) -> list[TrialResult]:
+    """Fill ``trials`` with the study's finished trials; mark runs left RUNNING as KILLED.
+
+    A run still RUNNING belongs to a process that died (kill -9, power cut): it ends
+    KILLED and, like every killed or failed trial, counts toward ``max_evals`` with
+    hyperopt seeing it as failed.
+    """
+    results, docs = [], []
+    for run in trial_runs(tracker, experiment_id, study_run_id):
+        if run.info.status == "RUNNING":
+            tracker.log(run.info.run_id, tags={"tuning.error": "the process running it died"})
+            tracker.end_run(run.info.run_id, "KILLED")
+        result = _result(run)
+        results.append(result)
+        docs.append(_hyperopt_doc(result, json.loads(run.data.tags.get("tuning.hyperopt_vals", "{}"))))
+    results.sort(key=lambda r: r.number)
+    docs.sort(key=lambda d: d["tid"])
+    if docs:
+        trials.insert_trial_docs(docs)
+        trials.refresh()
+    return results
+
+
+def _result(run: Run) -> TrialResult:
+    status = _STATUS.get(run.info.status, TrialStatus.KILLED)
+    loss = run.data.metrics.get(LOSS_METRIC) if status is TrialStatus.OK else None
+    params = {k: _typed(v) for k, v in run.data.params.items()}
+    return TrialResult(int(run.data.tags["tuning.trial"]), run.info.run_id,
+                       status if loss is not None or status is not TrialStatus.OK else TrialStatus.FAILED,
+                       params, loss, run.data.tags.get("tuning.error"))
+
+
+def _hyperopt_doc(result: TrialResult, raw: dict[str, Any]) -> dict[str, Any]:
+    doc = generate_trial(result.number - 1, raw)
+    doc["state"] = base.JOB_STATE_DONE
+    doc["result"] = result.to_hyperopt()
+    return doc
+
+
+def _typed(text: str) -> Any:
+    """A param read back from MLflow (a string) as the number it was, where it was one."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _quoted(text: str) -> str:
+    return text.replace("'", "\\'")
