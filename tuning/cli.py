@@ -52,6 +52,18 @@ def resume_command() -> str:
     return shlex.join(["tuning", *args, "--resume"])
 
 
+def use_backend(backend: str) -> None:
+    """Choose the Keras backend; it must happen before Keras is first imported."""
+    import importlib.util
+
+    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != backend:
+        raise click.UsageError("--backend must be chosen before Keras is imported")
+    if importlib.util.find_spec(backend) is None:
+        raise click.UsageError(f"--backend {backend} needs the {backend} package: "
+                               f"pip install 'tuning[{backend}]'")
+    os.environ["KERAS_BACKEND"] = backend
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM stops a study like Ctrl-C: runs end KILLED
 
@@ -77,13 +89,17 @@ def main() -> None:
 @click.option("--max-epochs", type=click.IntRange(min=1), envvar="TUNING_MAX_EPOCHS",
               help="Train every fit for at most N epochs (quick checks) [env: TUNING_MAX_EPOCHS].")
 @click.option("--no-model", is_flag=True, help="Do not log each trial's model.")
+@click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]), envvar="KERAS_BACKEND",
+              help="Keras backend for the trials [env: KERAS_BACKEND; default: tensorflow].")
 @click.option("--resume", is_flag=True,
               help="Continue the newest unfinished study of this recipe, up to --max-evals trials in all.")
 @click.option("--verbose", is_flag=True, help="Show Keras' own fit output instead of a progress bar.")
 @friendly
 def run(recipe: str, tracking_uri: str | None, data_path: str | None, no_model: bool, verbose: bool,
-        **options: Any) -> None:
+        backend: str | None, **options: Any) -> None:
     """Search RECIPE's hyperparameters; every trial becomes an MLflow run."""
+    if backend:
+        use_backend(backend)
     from tuning.recipe import Recipe
     from tuning.study import minimize
     from tuning.tracking import ui_command
