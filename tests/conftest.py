@@ -82,32 +82,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``mlflow server`` on 127.0.0.1 and a free port, stopped by its PID."""
-    folder = tmp_path_factory.mktemp("server")
-    port = free_port()
+def start_server(folder: Path, port: int, *extra: str, env: dict[str, str] | None = None
+                 ) -> subprocess.Popen:
+    """A real ``mlflow server`` on 127.0.0.1:port over a sqlite store in ``folder``; waits for /health."""
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     process = subprocess.Popen(
         [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", str(folder / "artifacts")],
-        cwd=folder, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT,
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+         "--artifacts-destination", str(folder / "artifacts"), *extra],
+        cwd=folder, stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT,
+        start_new_session=True, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 120
     while True:
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                break
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return process
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
+                stop_server(process)
                 pytest.fail(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
-    yield url
-    os.killpg(process.pid, signal.SIGTERM)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Stop the server and its workers by the PID of its process group."""
     try:
+        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
+    except ProcessLookupError:
+        pass
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` shared by the tests of a session."""
+    port = free_port()
+    process = start_server(tmp_path_factory.mktemp("server"), port)
+    yield f"http://127.0.0.1:{port}"
+    stop_server(process)

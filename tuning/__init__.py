@@ -17,14 +17,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tuning.best import best_runs, load_best
+    from tuning.best import best_runs, load_best, register_best
     from tuning.errors import NoTrialsError, RecipeError, TemplateError, TrackingError, TuningError
+    from tuning.report import Report, study_report
     from tuning.study import StudyResult, minimize
     from tuning.template import Template, assigned
     from tuning.trial import TrialResult, TrialStatus
 
 _EXPORTS = {
-    "best_runs": "tuning.best", "load_best": "tuning.best",
+    "best_runs": "tuning.best", "load_best": "tuning.best", "register_best": "tuning.best",
+    "Report": "tuning.report", "study_report": "tuning.report",
     "NoTrialsError": "tuning.errors", "RecipeError": "tuning.errors",
     "TemplateError": "tuning.errors", "TrackingError": "tuning.errors",
     "TuningError": "tuning.errors",
@@ -33,8 +35,9 @@ _EXPORTS = {
     "TrialResult": "tuning.trial", "TrialStatus": "tuning.trial",
 }
 __all__ = [
-    "NoTrialsError", "RecipeError", "StudyResult", "Template", "TemplateError", "TrackingError",
-    "TrialResult", "TrialStatus", "TuningError", "assigned", "best_runs", "load_best", "minimize",
+    "NoTrialsError", "RecipeError", "Report", "StudyResult", "Template", "TemplateError",
+    "TrackingError", "TrialResult", "TrialStatus", "TuningError", "assigned", "best_runs",
+    "load_best", "minimize", "register_best", "study_report",
 ]
 
 

@@ -1,17 +1,21 @@
-"""Questions about finished studies: the best trials, and reloading their models."""
+"""Questions about finished studies: the best trials, reloading and registering their models."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
-from mlflow.entities import Run
+from mlflow.entities import Experiment, Run
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from tuning.errors import NoTrialsError, TrackingError
 from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_PAGE = 1000
+CHAMPION = "champion"  # the alias ``--register`` moves to the newest best model
 
 
 def best_runs(experiment: str, top: int = 1, tracking_uri: str | None = None,
@@ -24,11 +28,7 @@ def best_runs(experiment: str, top: int = 1, tracking_uri: str | None = None,
             print(run.info.run_id, run.data.metrics["hyperopt_loss"], run.data.params)
     """
     tracker = Tracker(tracking_uri)
-    found = tracker.client.get_experiment_by_name(experiment)
-    if found is None:
-        names = [e.name for e in tracker.client.search_experiments()]
-        raise NoTrialsError(f"no experiment {experiment!r} in {tracker.uri} "
-                            f"(experiments: {', '.join(names) or 'none'})")
+    found = find_experiment(tracker, experiment)
     query = f"tags.`{KIND_TAG}` = 'trial' and attributes.status = 'FINISHED'"
     if study_run_id:
         query += f" and tags.`mlflow.parentRunId` = '{study_run_id}'"
@@ -37,6 +37,28 @@ def best_runs(experiment: str, top: int = 1, tracking_uri: str | None = None,
     if not runs:
         raise NoTrialsError(f"experiment {experiment!r} has no finished trial yet")
     return list(runs)
+
+
+def find_experiment(tracker: Tracker, name: str) -> Experiment:
+    """Experiment ``name``, or an error listing the experiments the store has."""
+    found = tracker.client.get_experiment_by_name(name)
+    if found is None:
+        names = [e.name for e in tracker.client.search_experiments()]
+        raise NoTrialsError(f"no experiment {name!r} in {tracker.uri} "
+                            f"(experiments: {', '.join(names) or 'none'})")
+    return found
+
+
+def trial_runs(tracker: Tracker, experiment_id: str, study_run_id: str) -> Iterator[Run]:
+    """Every trial run of a study, page by page."""
+    query = f"tags.`{KIND_TAG}` = 'trial' and tags.`mlflow.parentRunId` = '{study_run_id}'"
+    token = None
+    while True:
+        page = tracker.client.search_runs([experiment_id], query, max_results=_PAGE, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def model_uri(which: str, tracking_uri: str | None = None) -> str:
@@ -52,12 +74,52 @@ def model_uri(which: str, tracking_uri: str | None = None) -> str:
     return f"runs:/{best_runs(which, 1, tracking_uri)[0].info.run_id}/model"
 
 
+def register_best(experiment: str, name: str, tracking_uri: str | None = None,
+                  alias: str = CHAMPION) -> ModelVersion:
+    """Register the model of ``experiment``'s best trial as a new version of ``name``.
+
+    The version gets ``alias`` (``champion``), so ``models:/NAME@champion`` always loads
+    the latest registered best, whichever study found it.
+
+    Example::
+
+        version = tuning.register_best("digits_cnn", "digits")
+        model = tuning.load_best("models:/digits@champion")
+    """
+    tracker = Tracker(tracking_uri)
+    run = best_runs(experiment, 1, tracker.uri)[0]
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if not outputs:
+        raise NoTrialsError(f"the best trial of {experiment!r} (run {run.info.run_id}) has no "
+                            "logged model: it was run with --no-model")
+    model_id = outputs[-1].model_id
+    client = tracker.client
+    try:
+        _create_registered_model(client, name)
+        version = client.create_model_version(
+            name, f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id,
+            tags={"tuning.experiment": experiment, LOSS_METRIC: str(run.data.metrics[LOSS_METRIC])})
+        client.set_registered_model_alias(name, alias, version.version)
+    except MlflowException as error:
+        raise TrackingError(f"cannot register the model of run {run.info.run_id} as {name!r}: "
+                            f"{error.message}") from None
+    return client.get_model_version(name, version.version)
+
+
+def _create_registered_model(client: Any, name: str) -> None:
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise  # else it exists already and gets one more version
+
+
 def load_best(which: str, tracking_uri: str | None = None) -> Any:
     """Reload a trial's Keras model: the best of an experiment, a run id, or a model URI.
 
     Example::
 
-        model = tuning.load_best("digits_cnn")
+        model = tuning.load_best("digits_cnn")        # or "models:/digits@champion"
         model.predict(x_test[:5])
     """
     import mlflow.keras

@@ -91,6 +91,14 @@ def main() -> None:
 @click.option("--no-model", is_flag=True, help="Do not log each trial's model.")
 @click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]), envvar="KERAS_BACKEND",
               help="Keras backend for the trials [env: KERAS_BACKEND; default: tensorflow].")
+@click.option("--patience", type=click.FloatRange(min=0), default=600, show_default=True,
+              help="Seconds to keep retrying a tracking server that went away before stopping.")
+@click.option("--trial-timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a trial may take; a slower one is stopped (runs trials in a worker process).")
+@click.option("--trial-max-memory", type=click.FloatRange(min=0, min_open=True),
+              help="Resident MB a trial may use; a larger one is stopped (runs trials in a worker process).")
+@click.option("--isolate", is_flag=True,
+              help="Run trials in worker processes (renewed every 20 trials) even without limits.")
 @click.option("--resume", is_flag=True,
               help="Continue the newest unfinished study of this recipe, up to --max-evals trials in all.")
 @click.option("--verbose", is_flag=True, help="Show Keras' own fit output instead of a progress bar.")
@@ -108,7 +116,7 @@ def run(recipe: str, tracking_uri: str | None, data_path: str | None, no_model: 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     loaded = Recipe.from_file(recipe)
     if data_path:
-        loaded.data = loaded.data_from(data_path)
+        loaded.use_data_file(data_path)
     study = minimize(loaded, tracking_uri=tracking_uri, log_model=not no_model,
                      progress=not verbose, **options)
     best = study.best
@@ -158,8 +166,10 @@ def space(recipe: str) -> None:
 @click.argument("experiment")
 @tracking_uri_option
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--register", metavar="NAME",
+              help="Register the best trial's model as a new version of model NAME, alias 'champion'.")
 @friendly
-def best(experiment: str, tracking_uri: str | None, top: int) -> None:
+def best(experiment: str, tracking_uri: str | None, top: int, register: str | None = None) -> None:
     """List EXPERIMENT's best finished trials, sorted by the objective."""
     from tuning.best import best_runs
     from tuning.tracking import LOSS_METRIC
@@ -173,6 +183,47 @@ def best(experiment: str, tracking_uri: str | None, top: int) -> None:
                       params)
     console.print(table)
     console.print(f"load one: mlflow.keras.load_model('runs:/{runs[0].info.run_id}/model')")
+    if register:
+        from tuning.best import CHAMPION, register_best
+
+        version = register_best(experiment, register, tracking_uri)
+        console.print(f"registered run {version.run_id} as model {register!r} version {version.version}, "
+                      f"alias {CHAMPION!r}: tuning.load_best('models:/{register}@{CHAMPION}')")
+
+
+@main.command()
+@click.argument("experiment")
+@tracking_uri_option
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for the plots [default: EXPERIMENT-report].")
+@click.option("--study", metavar="RUN_ID", help="The study run to report on [default: the newest].")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--log", "log_to_run", is_flag=True, help="Also attach the plots to the study run.")
+@friendly
+def report(experiment: str, tracking_uri: str | None, out: str | None, study: str | None, top: int,
+           log_to_run: bool) -> None:
+    """Plot a study of EXPERIMENT (objective by trial, hyperparameters, importance); list its best trials."""
+    from tuning.report import log_report, study_report
+
+    made = study_report(experiment, tracking_uri, out or f"{experiment}-report", study=study)
+    console.print(made.summary(top), highlight=False, markup=False)
+    console.print(f"\n{len(made.trials)} finished trials, {made.failed} failed; wrote:")
+    for path in made.files:
+        console.print(f"  {path}", highlight=False, markup=False)
+    if log_to_run:
+        log_report(made, tracking_uri)
+        console.print(f"attached to study run {made.study_run_id} under report/")
+
+
+@main.command()
+@tracking_uri_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+def ui(tracking_uri: str | None, host: str, port: int) -> None:
+    """Start the MLflow UI on the store `tuning run` uses (here: sqlite:///mlflow.db); Ctrl-C stops it."""
+    from tuning.ui import serve
+
+    sys.exit(serve(tracking_uri, host, port, console.print))
 
 
 def _short(text: str) -> str:

@@ -9,17 +9,16 @@ seconds.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from hyperopt import Trials, base
 from hyperopt.fmin import generate_trial
 from mlflow.entities import Run
 
+from tuning.best import trial_runs
 from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker
 from tuning.trial import TrialResult, TrialStatus
 
-_PAGE = 1000
 _STATUS = {"FINISHED": TrialStatus.OK, "FAILED": TrialStatus.FAILED, "KILLED": TrialStatus.KILLED}
 
 
@@ -30,18 +29,6 @@ def unfinished_study(tracker: Tracker, experiment_id: str, recipe: str) -> Run |
     found = tracker.client.search_runs([experiment_id], query, max_results=1,
                                        order_by=["attributes.start_time DESC"])
     return found[0] if found else None
-
-
-def trial_runs(tracker: Tracker, experiment_id: str, study_run_id: str) -> Iterator[Run]:
-    """Every trial run of a study, page by page."""
-    query = f"tags.`{KIND_TAG}` = 'trial' and tags.`mlflow.parentRunId` = '{study_run_id}'"
-    token = None
-    while True:
-        page = tracker.client.search_runs([experiment_id], query, max_results=_PAGE, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
 
 
 def rebuild(tracker: Tracker, experiment_id: str, study_run_id: str,

@@ -13,7 +13,7 @@ from tuning.trial import TrialResult, TrialStatus
 class SilentReporter:
     """Reports nothing (tests, library use with ``progress=False``)."""
 
-    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+    def trial_started(self, number: int, run_id: str, params: dict[str, Any]) -> None:
         pass
 
     def epoch_ended(self, number: int, step: int, metrics: dict[str, float]) -> None:
@@ -41,7 +41,7 @@ class RichReporter:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+    def trial_started(self, number: int, run_id: str, params: dict[str, Any]) -> None:
         self._progress.update(self._task, status=f"trial {number}: starting")
 
     def epoch_ended(self, number: int, step: int, metrics: dict[str, float]) -> None:

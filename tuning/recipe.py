@@ -43,6 +43,7 @@ class Recipe:
     model: Callable[..., Any]
     data: Callable[[], Any] | None
     defaults: dict[str, Any] = field(default_factory=dict)
+    data_path: str | None = None  # the file given with --data, if any
 
     @property
     def name(self) -> str:
@@ -89,15 +90,16 @@ class Recipe:
         _execute(template, namespace)
         return cls(template, namespace, namespace[template.function], data)
 
-    def data_from(self, path: str) -> Callable[[], Any]:
-        """``data`` bound to a data file, for ``--data PATH``; data() must take ``path``."""
+    def use_data_file(self, path: str) -> None:
+        """Have ``data()`` read this file (``--data PATH``); data() must take ``path``."""
         data = self.data
         try:
             inspect.signature(data).bind(path)  # type: ignore[arg-type]
         except TypeError:
             raise RecipeError(f"{self.template.filename}: --data needs a data(path=None) that "
                               "takes the file's path; this recipe's data() takes no argument") from None
-        return lambda: data(path)  # type: ignore[misc]
+        self.data = lambda: data(path)  # type: ignore[misc]
+        self.data_path = path
 
     def load_data(self) -> tuple[Any, ...]:
         """Call ``data()`` once; its result is passed to every trial's ``model(...)``."""

@@ -7,12 +7,13 @@ values, never choice indices or ``t["misc"]["vals"]``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,12 @@ from hyperopt.exceptions import AllTrialsFailed
 
 from tuning import history
 from tuning.distributions import Distribution
-from tuning.errors import TemplateError
+from tuning.errors import TemplateError, TrackingError
 from tuning.progress import RichReporter, SilentReporter
 from tuning.recipe import Recipe
-from tuning.tracking import LOSS_METRIC, Tracker
+from tuning.tracking import DEFAULT_PATIENCE, LOSS_METRIC, Tracker
 from tuning.trial import Objective, Reporter, TrialResult, TrialSetup, TrialStatus, run_trial
+from tuning.worker import IsolatedRunner, Limits
 
 ALGORITHMS: dict[str, Callable[..., Any]] = {"tpe": tpe.suggest, "rand": rand.suggest,
                                              "anneal": anneal.suggest}
@@ -41,7 +43,10 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
              experiment: str | None = None, tracking_uri: str | None = None,
              objective: str | None = None, mode: str | None = None, log_model: bool = True,
              max_epochs: int | None = None, progress: bool = True, resume: bool = False,
-             trials: Trials | None = None) -> StudyResult:
+             patience: float = DEFAULT_PATIENCE, trial_timeout: float | None = None,
+             trial_max_memory: float | None = None, isolate: bool = False,
+             trials: Trials | None = None,
+             callbacks: Sequence[Callable[[TrialResult], None]] = ()) -> StudyResult:
     """Search the hyperparameters of a templated model; track every trial in MLflow.
 
     ``recipe`` is a recipe file's path, or a ``model`` function written with ``{{…}}``
@@ -66,8 +71,9 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
         recipe.data = data
     config = StudyConfig.merge(recipe, dict(
         max_evals=max_evals, algo=algo, seed=seed, experiment=experiment, objective=objective,
-        mode=mode, log_model=log_model, max_epochs=max_epochs, progress=progress, resume=resume))
-    return run_study(recipe, config, Tracker(tracking_uri), trials)
+        mode=mode, log_model=log_model, max_epochs=max_epochs, progress=progress, resume=resume,
+        trial_timeout=trial_timeout, trial_max_memory=trial_max_memory, isolate=isolate))
+    return run_study(recipe, config, Tracker(tracking_uri, patience), trials, callbacks)
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,7 @@ class StudyConfig:
     max_epochs: int | None = None
     progress: bool = True
     resume: bool = False
+    limits: Limits | None = None  # set: each trial runs in a watched worker process
     explicit: frozenset[str] = frozenset()  # settings given as flags/arguments, not defaults
 
     @classmethod
@@ -131,6 +138,7 @@ class StudyConfig:
             max_epochs=int(max_epochs) if max_epochs else None,
             progress=overrides.get("progress", True),
             resume=bool(overrides.get("resume")),
+            limits=_limits(overrides),
             explicit=frozenset(k for k, v in overrides.items() if v is not None),
         )
 
@@ -163,8 +171,8 @@ class StudyConfig:
         return names.get(function) or getattr(function, "__module__", "custom").rsplit(".", 1)[-1]
 
 
-def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker,
-              trials: Trials | None = None) -> StudyResult:
+def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Trials | None = None,
+              callbacks: Sequence[Callable[[TrialResult], None]] = ()) -> StudyResult:
     """Run the search: check everything, then one study run with a child run per trial."""
     tracker.check()
     distributions = recipe.template.distributions(recipe.namespace)
@@ -173,7 +181,8 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker,
                             "<<uniform(0, 1)>> or {{choice([32, 64])}} in model()",
                             recipe.template.filename)
     space = {name: d.to_hyperopt(name) for name, d in distributions.items()}
-    data = recipe.load_data()
+    # With workers, each loads the data itself; here it would only take memory.
+    data = recipe.load_data() if config.limits is None else ()
     experiment_id = tracker.experiment_id(config.experiment)
     trials = trials if trials is not None else Trials()
     study_run_id, config, results = _open_study(tracker, experiment_id, recipe, config,
@@ -185,12 +194,18 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker,
                        reporter, seed=config.seed, log_model=config.log_model,
                        quiet_fit=config.progress, max_epochs=config.max_epochs)
 
+    runner: Callable[[int, dict[str, Any], dict[str, Any]], TrialResult] = (
+        functools.partial(run_trial, setup) if config.limits is None
+        else IsolatedRunner(setup, config.limits))
+
     def objective(expr: Any, memo: Any, ctrl: Any) -> dict[str, Any]:
         values = pyll.rec_eval(expr, memo=memo)
         params = {name: _plain(values[name]) for name in distributions}  # recipe order
         raw = {k: _plain(v[0]) for k, v in ctrl.current_trial["misc"]["vals"].items() if v}
-        result = run_trial(setup, ctrl.current_trial["tid"] + 1, params, raw)
+        result = runner(ctrl.current_trial["tid"] + 1, params, raw)
         results.append(result)
+        for callback in callbacks:
+            callback(result)
         return result.to_hyperopt()
 
     objective.fmin_pass_expr_memo_ctrl = True  # type: ignore[attr-defined]
@@ -212,12 +227,26 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker,
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except TrackingError:
+        status = ""  # the store is away: nothing more can be written; --resume cleans up
+        raise
     finally:
         gc.unfreeze()
+        if isinstance(runner, IsolatedRunner):
+            runner.close()
         result = StudyResult(tracker.uri, experiment_id, config.experiment, study_run_id,
                              config.seed, tuple(results), distributions)
-        _finish(tracker, result, status)
+        if status:
+            _finish(tracker, result, status)
     return result
+
+
+def _limits(overrides: dict[str, Any]) -> Limits | None:
+    """Worker limits from the trial_timeout / trial_max_memory / isolate settings."""
+    seconds, memory = overrides.get("trial_timeout"), overrides.get("trial_max_memory")
+    if seconds is None and memory is None and not overrides.get("isolate"):
+        return None
+    return Limits(seconds=seconds, memory_mb=memory)
 
 
 def _open_study(tracker: Tracker, experiment_id: str, recipe: Recipe, config: StudyConfig,
@@ -264,6 +293,10 @@ def _finish(tracker: Tracker, result: StudyResult, status: str) -> None:
         status = "FAILED"
         tags["tuning.error"] = f"all {len(result.trials)} trials failed"
     tracker.log(result.run_id, metrics=summary, tags=tags)
+    if status != "KILLED":  # whoever pressed Ctrl-C waits for no plots; a resumed study draws them
+        from tuning.report import attach_report  # never raises: a plot must not fail a search
+
+        attach_report(result.tracking_uri, result.experiment, result.run_id)
     tracker.end_run(result.run_id, status)
 
 

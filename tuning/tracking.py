@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -30,6 +33,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tuning.errors import TrackingError
 
+_log = logging.getLogger("tuning")
+DEFAULT_PATIENCE = 600.0  # seconds a tracking server may be away before the study stops
 KIND_TAG = "tuning.kind"  # "study" or "trial": how queries tell our runs apart
 LOSS_METRIC = "hyperopt_loss"  # the value handed to hyperopt, minimised
 _MAX_VALUE_LENGTH = 6000  # MLflow's limit for a param/tag value is 6000 characters
@@ -63,13 +68,71 @@ def format_value(value: Any) -> str:
     return text[:_MAX_VALUE_LENGTH]
 
 
-class Tracker:
-    """A tracking store: reachability check, experiments, runs, batches, models."""
+T = TypeVar("T")
 
-    def __init__(self, tracking_uri: str | None = None):
+
+def _transient(error: BaseException) -> bool:
+    """Whether an error means "the store is away for now" rather than "the request is wrong"."""
+    if isinstance(error, MlflowException):
+        return error.error_code in {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
+                                    "INTERNAL_ERROR"} or "failed with" in error.message
+    return isinstance(error, OSError)
+
+
+class Patience:
+    """Retries writes while the tracking store is away, with backoff, for a bounded time.
+
+    The time counts from the first failure of a call; past it, :class:`TrackingError`
+    stops the study (every trial delivered so far is on the server; ``--resume`` goes on).
+    """
+
+    def __init__(self, uri: str, seconds: float):
+        self.uri = uri
+        self.seconds = seconds
+
+    def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        deadline, delay = None, 0.5
+        while True:
+            try:
+                return function(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - sorted below: transient or not
+                if not _transient(error):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.seconds
+                    _log.warning("tracking store %s unreachable (%s); retrying for up to %.0f s",
+                                 self.uri, error, self.seconds)
+                if now >= deadline:
+                    raise TrackingError(
+                        f"the tracking store {self.uri} was unreachable for {self.seconds:.0f} s "
+                        f"({error}); trials delivered before are kept: continue with --resume "
+                        "once it is back") from error
+                time.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 10.0)
+
+
+class Tracker:
+    """A tracking store: reachability check, experiments, runs, batches, models.
+
+    Writes go through :class:`Patience`: a server that goes away for less than
+    ``patience`` seconds costs waiting, not data.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, patience: float = DEFAULT_PATIENCE):
         self.uri = resolve_uri(tracking_uri)
+        scheme = urllib.parse.urlparse(self.uri).scheme.split("+")[0]
+        if scheme not in ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql",
+                          "databricks", ""):
+            raise TrackingError(f"unsupported tracking URI {self.uri!r}: use http://host:port, "
+                                "sqlite:///path.db or a database URI")
+        if self.uri.startswith(("http://", "https://")):
+            # MLflow's own retries back off for minutes; ours are bounded by --patience.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         mlflow.set_tracking_uri(self.uri)  # MLflow's model logging reads the global URI
         self.client = MlflowClient(self.uri)
+        self.patience = Patience(self.uri, patience)
 
     def check(self) -> None:
         """Fail fast, with the fix, when the store cannot be reached."""
@@ -78,25 +141,22 @@ class Tracker:
             try:
                 with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=10):
                     pass
-            except urllib.error.HTTPError as error:
-                if error.code in (401, 403):
-                    raise TrackingError(
-                        f"the tracking server at {self.uri} refused the credentials ({error.code}): "
-                        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
-                        "MLFLOW_TRACKING_TOKEN)") from None
+            except urllib.error.HTTPError:
+                pass  # it answers; whether it lets us in is asked below, with credentials
             except (urllib.error.URLError, OSError) as error:
                 reason = getattr(error, "reason", error)
                 raise TrackingError(
                     f"cannot reach the tracking server at {self.uri} ({reason}); start one with "
                     "`mlflow server --host 127.0.0.1 --port 5000`, or leave out --tracking-uri "
                     "to use the local store in this folder") from None
-        elif parsed.scheme not in ("sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "") \
-                and "+" not in parsed.scheme:
-            raise TrackingError(f"unsupported tracking URI {self.uri!r}: use http://host:port, "
-                                "sqlite:///path.db or a database URI")
         try:
             self.client.search_experiments(max_results=1)
         except MlflowException as error:
+            if error.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or " 401" in error.message:
+                raise TrackingError(
+                    f"the tracking server at {self.uri} refused the credentials: set "
+                    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                    "MLFLOW_TRACKING_TOKEN) to an account it knows") from None
             raise TrackingError(f"the tracking store {self.uri} refused a request: "
                                 f"{error.message}") from None
 
@@ -116,7 +176,7 @@ class Tracker:
         all_tags = {KIND_TAG: kind, **(tags or {})}
         if parent_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
-        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        run = self.patience.call(self.client.create_run, experiment_id, run_name=name, tags=all_tags)
         return run.info.run_id
 
     def log(self, run_id: str, *, params: Mapping[str, Any] | None = None,
@@ -124,7 +184,8 @@ class Tracker:
             step: int = 0) -> None:
         """One synchronous batch of params, tags and metrics."""
         now = int(time.time() * 1000)
-        self.client.log_batch(
+        self.patience.call(
+            self.client.log_batch,
             run_id,
             metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
             params=[Param(k, format_value(v)) for k, v in (params or {}).items()],
@@ -132,41 +193,63 @@ class Tracker:
         )
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
-        self.client.log_text(run_id, text, path)
+        self.patience.call(self.client.log_text, run_id, text, path)
 
     def log_json(self, run_id: str, data: Any, path: str) -> None:
         self.log_text(run_id, json.dumps(data, indent=2, default=str), path)
 
     def end_run(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status=status)
+        self.patience.call(self.client.set_terminated, run_id, status=status)
 
     def log_keras_model(self, experiment_id: str, run_id: str, model: Any, x_sample: Any | None,
                         params: Mapping[str, Any]) -> None:
-        """Log ``model`` under ``model`` with a signature and pinned requirements.
+        """Log ``model`` as the run's logged model ``model``: signature, pinned requirements.
 
-        Requirements are given explicitly: MLflow's inference imports the model in a
-        subprocess and costs about 10 s a trial. The logged model is created here, in the
-        run's experiment: left to itself MLflow files it under the process's active
-        experiment, and ``runs:/<id>/model`` would then not resolve.
+        What ``mlflow.keras.log_model`` does, without what costs a trial seconds: inferring
+        requirements (it imports the model in a subprocess, ~10 s), re-reading every metric
+        of the run to attach it to the model (a round trip per metric), and a prediction
+        to learn the output shape (the model knows it). The logged model is created in the
+        run's experiment, or ``runs:/<id>/model`` would not resolve.
         """
         import mlflow.keras
-        from mlflow.models import Model, infer_signature
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models import Model
 
-        signature = None
-        if x_sample is not None:
-            try:
-                signature = infer_signature(x_sample, model.predict(x_sample, verbose=0))
-            except Exception:  # noqa: BLE001 - a model we cannot sample still gets logged
-                signature = None
-        logged = self.client.create_logged_model(
-            experiment_id, name="model", source_run_id=run_id,
+        logged = self.patience.call(
+            self.client.create_logged_model, experiment_id, name="model", source_run_id=run_id,
             params={k: format_value(v) for k, v in params.items()})
-        Model.log(artifact_path=None, name="model", flavor=mlflow.keras, model=model, run_id=run_id,
-                  model_id=logged.model_id, signature=signature,
-                  pip_requirements=keras_requirements())
+        self.patience.call(self.client.log_outputs, run_id, [LoggedModelOutput(logged.model_id, 0)])
+        with tempfile.TemporaryDirectory() as folder:
+            local = os.path.join(folder, "model")
+            description = Model(artifact_path=logged.artifact_location, run_id=run_id,
+                                model_uuid=logged.model_id, model_id=logged.model_id)
+            mlflow.keras.save_model(model, local, mlflow_model=description,
+                                    signature=_signature(model, x_sample),
+                                    pip_requirements=keras_requirements())
+            self.patience.call(self.client.log_model_artifacts, logged.model_id, local)
+        self.patience.call(self.client.finalize_logged_model, logged.model_id, LoggedModelStatus.READY)
 
     def sender(self, run_id: str) -> MetricSender:
-        return MetricSender(self.client, run_id)
+        return MetricSender(self, run_id)
+
+
+def _signature(model: Any, x_sample: Any | None) -> Any:
+    """The model's signature from a few inputs and its declared output shape."""
+    from mlflow.models import infer_signature
+
+    if x_sample is None:
+        return None
+    try:
+        outputs = np.zeros((len(x_sample), *model.output_shape[1:]), dtype="float32")
+    except (AttributeError, TypeError, ValueError):  # several outputs, or not built
+        try:
+            outputs = model.predict(x_sample, verbose=0)
+        except Exception:  # noqa: BLE001 - a model we cannot sample is logged without one
+            return None
+    try:
+        return infer_signature(x_sample, outputs)
+    except Exception:  # noqa: BLE001 - same
+        return None
 
 
 @cache
@@ -211,11 +294,11 @@ class MetricSender:
     """Sends one run's metrics from a background thread, in batches.
 
     ``send`` only puts the values on a queue (microseconds), so training never waits
-    on the tracking server; ``close`` delivers what is left.
+    on the tracking server, even while it is away; ``close`` delivers what is left.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str):
-        self._client = client
+    def __init__(self, tracker: Tracker, run_id: str):
+        self._tracker = tracker
         self._run_id = run_id
         self._queue: queue.Queue[list[Metric] | None] = queue.Queue()
         self._error: Exception | None = None
@@ -229,6 +312,8 @@ class MetricSender:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
+        if isinstance(self._error, TrackingError):
+            raise self._error
         if self._error is not None:
             raise TrackingError(f"could not log metrics of run {self._run_id}: {self._error}")
 
@@ -250,7 +335,8 @@ class MetricSender:
                 batch.extend(more)
             try:
                 for i in range(0, len(batch), 1000):  # MLflow's limit per batch
-                    self._client.log_batch(self._run_id, metrics=batch[i:i + 1000])
+                    self._tracker.patience.call(self._tracker.client.log_batch, self._run_id,
+                                                metrics=batch[i:i + 1000])
             except Exception as error:  # noqa: BLE001 - reported by close() in the trial's thread
                 self._error = error
 

@@ -85,7 +85,7 @@ class TrialResult:
 
 
 class Reporter(Protocol):
-    def trial_started(self, number: int, params: dict[str, Any]) -> None: ...
+    def trial_started(self, number: int, run_id: str, params: dict[str, Any]) -> None: ...
     def epoch_ended(self, number: int, step: int, metrics: dict[str, float]) -> None: ...
     def trial_ended(self, result: TrialResult) -> None: ...
 
@@ -122,7 +122,7 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
                                tags={"tuning.trial": str(number),
                                      "tuning.hyperopt_vals": json.dumps(raw, default=float)})
     tracker.log(run_id, params=params, tags=params)
-    setup.reporter.trial_started(number, params)
+    setup.reporter.trial_started(number, run_id, params)
     sender = tracker.sender(run_id)
 
     def sink(step: int, metrics: dict[str, float]) -> None:
@@ -161,8 +161,13 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
                              seconds=time.perf_counter() - started)
     finally:
         # Free the graph and weights of this trial so memory stays flat over many trials
-        # (clear_session also runs the garbage collector).
+        # (clear_session also runs the garbage collector). JAX keeps every compiled
+        # function until asked; TensorFlow keeps its traced graphs regardless (see worker.py).
         keras.backend.clear_session()
+        if keras.backend.backend() == "jax":
+            import jax
+
+            jax.clear_caches()
     setup.reporter.trial_ended(result)
     return result
 

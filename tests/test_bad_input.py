@@ -1,0 +1,99 @@
+"""Bad input: one readable line, exit code 1, no traceback; credentials never recorded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from tests.conftest import free_port, start_server, stop_server
+from tests.test_cli import TUNING
+from tuning.cli import main
+
+TINY_MODEL = '''
+def model(x_train, y_train, x_test, y_test):
+    net = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(<<choice([8, 16])>>),
+                            keras.layers.Dense(10, activation="softmax")])
+    net.compile(optimizer=OPTIMIZER, loss="categorical_crossentropy", metrics=["accuracy"])
+    net.fit(x_train, y_train, epochs=1, verbose=0)
+    return net
+'''
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("htp://127.0.0.1:5000", "unsupported tracking URI 'htp://127.0.0.1:5000': use http://host:port"),
+    ("localhost:5000", "unsupported tracking URI 'localhost:5000'"),
+])
+def test_malformed_tracking_uri(write_recipe, uri, message):
+    result = CliRunner().invoke(main, ["run", str(write_recipe()), "--tracking-uri", uri])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_a_model_that_does_not_compile_fails_its_trials_with_keras_words(write_recipe, store):
+    recipe = write_recipe(model=TINY_MODEL, extra='OPTIMIZER = "no-such-optimizer"\n')
+    result = CliRunner().invoke(main, ["run", str(recipe), "--tracking-uri", store, "--max-evals", "2"])
+    assert result.exit_code == 1
+    assert "all 2 trials failed; first error: ValueError: Could not interpret optimizer identifier" \
+        in result.output
+
+
+def test_a_recipe_without_data(write_recipe, store):
+    recipe = write_recipe(header="import keras\n", model=TINY_MODEL)
+    result = CliRunner().invoke(main, ["run", str(recipe), "--tracking-uri", store])
+    assert result.exit_code == 1 and "data() missing (functions found: model)" in result.output
+
+
+@pytest.mark.slow
+def test_wrong_credentials_are_named_and_right_ones_never_recorded(write_recipe, tmp_path):
+    password = "s3cret-Pa55word-xyz"
+    folder = tmp_path / "auth"
+    folder.mkdir()
+    port = free_port()
+    server = start_server(folder, port, "--app-name", "basic-auth",
+                          env={"MLFLOW_FLASK_SERVER_SECRET_KEY": "test-key",
+                               "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                               "MLFLOW_AUTH_CONFIG_PATH": str(_auth_config(folder))})
+    url = f"http://127.0.0.1:{port}"
+    recipe = write_recipe(model=TINY_MODEL, extra='OPTIMIZER = "adam"\nEXPERIMENT = "authed"\n')
+    env = {**os.environ, "MLFLOW_TRACKING_USERNAME": "admin", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    try:
+        wrong = subprocess.run([TUNING, "run", str(recipe), "--tracking-uri", url],
+                               env={**env, "MLFLOW_TRACKING_PASSWORD": "wrong"}, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)
+        assert wrong.returncode == 1
+        assert f"error: the tracking server at {url} refused the credentials" in wrong.stderr
+        assert "Traceback" not in wrong.stderr
+
+        right = subprocess.run([TUNING, "run", str(recipe), "--tracking-uri", url, "--max-evals", "2"],
+                               env={**env, "MLFLOW_TRACKING_PASSWORD": password}, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)
+        assert right.returncode == 0, right.stderr
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = "admin", password
+        client = MlflowClient(url)
+        experiment = client.get_experiment_by_name("authed")
+        runs = client.search_runs([experiment.experiment_id])
+        assert len(runs) == 3
+        for run in runs:
+            recorded = {**run.data.params, **run.data.tags}
+            assert not any(password in str(v) for v in recorded.values())
+            local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id)))
+            for file in local.rglob("*"):
+                if file.is_file():
+                    assert password.encode() not in file.read_bytes(), file
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+        stop_server(server)
+
+
+def _auth_config(folder: Path) -> Path:
+    """basic-auth's config: its user database inside the test's folder."""
+    path = folder / "basic_auth.ini"
+    path.write_text("[mlflow]\ndefault_permission = READ\n"
+                    f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+                    "admin_username = admin\n")
+    return path

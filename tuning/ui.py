@@ -1,0 +1,93 @@
+"""``tuning ui``: the MLflow UI on the store ``tuning run`` writes to.
+
+Example::
+
+    from tuning.ui import serve
+    serve(None, port=5000)     # browse sqlite:///mlflow.db of this folder; Ctrl-C stops it
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from tuning.tracking import resolve_uri
+
+START_TIMEOUT = 120.0  # seconds: a first start migrates the sqlite schema, slow on small machines
+
+
+def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000,
+          say: Callable[[str], Any] = print) -> int:
+    """Run ``mlflow ui`` on the store until interrupted; return its exit code.
+
+    The store is resolved exactly as ``tuning run`` resolves it (flag, then
+    ``MLFLOW_TRACKING_URI``, then MLflow's default in this folder), so the UI shows the
+    runs the last search wrote. A tracking server already has its UI: its address is printed.
+    """
+    uri = resolve_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        say(f"{uri} is a tracking server with its own UI: open {uri} in a browser")
+        return 0
+    address = f"http://{host}:{port}"
+    if not _free(host, port):  # mlflow would take half a minute to find out, and exit 0
+        say(f"port {port} on {host} is taken (another UI?): open {address}, or choose another --port")
+        return 1
+    # Its own session, so that stopping it also stops the web workers it forks. One worker:
+    # a personal UI needs no more, and it starts in seconds instead of half a minute.
+    process = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                                "--host", host, "--port", str(port), "--workers", "1"],
+                               start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if not _started(process, address):
+            say(f"mlflow ui did not start on {address} (exit code {process.poll()}); its messages are above")
+            return 1
+        say(f"MLflow UI: {address}  (store {uri}; Ctrl-C stops it)")
+        return process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(process)
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _started(process: subprocess.Popen[bytes], address: str) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(address + "/health", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.3)
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: mlflow stops its job workers too
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the UI like Ctrl-C does
