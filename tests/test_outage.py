@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -35,37 +36,53 @@ def finished_trials(url: str) -> list:
                               "tags.`tuning.kind` = 'trial' and attributes.status = 'FINISHED'")
 
 
-def test_server_killed_and_restarted_mid_study_loses_nothing(write_recipe, tmp_path):
-    folder = tmp_path / "server"
-    folder.mkdir()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = start_server(folder, port)
-    recipe = write_recipe(model=MODEL, extra='EXPERIMENT = "outage"\n')
-    study = subprocess.Popen([TUNING, "run", str(recipe), "--tracking-uri", url, "--max-evals", "5",
-                              "--seed", "3", "--patience", "300"],
-                             cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    try:
+class ServedStudy:
+    """A real mlflow server of its own and a `tuning run` against it, in a subprocess."""
+
+    def __init__(self, tmp_path: Path, write_recipe, *flags: str):
+        self.folder = tmp_path / "server"
+        self.folder.mkdir()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = start_server(self.folder, self.port)
+        self.recipe = write_recipe(model=MODEL, extra='EXPERIMENT = "outage"\n')
+        self.study = subprocess.Popen(
+            [TUNING, "run", str(self.recipe), "--tracking-uri", self.url, *flags], cwd=tmp_path,
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+    def wait_for_finished_trials(self, count: int) -> None:
         deadline = time.monotonic() + 180
-        while len(finished_trials(url)) < 2:
-            assert time.monotonic() < deadline and study.poll() is None, study.stderr.read()
+        while len(finished_trials(self.url)) < count:
+            assert time.monotonic() < deadline and self.study.poll() is None, self.study.stderr.read()
             time.sleep(0.2)
-        stop_server(server)  # mid-study: the third trial is training
+
+    def restart_server(self) -> None:
+        self.server = start_server(self.folder, self.port)  # same store, same address
+
+    def stop(self) -> None:
+        if self.study.poll() is None:
+            self.study.kill()
+        stop_server(self.server)
+
+
+def test_server_killed_and_restarted_mid_study_loses_nothing(write_recipe, tmp_path):
+    served = ServedStudy(tmp_path, write_recipe, "--max-evals", "5", "--seed", "3", "--patience", "300")
+    try:
+        served.wait_for_finished_trials(2)
+        stop_server(served.server)  # mid-study: the third trial is training
         time.sleep(5)
-        server = start_server(folder, port)  # same store, same address
-        stdout, stderr = study.communicate(timeout=600)
+        served.restart_server()
+        _, stderr = served.study.communicate(timeout=600)
     finally:
-        if study.poll() is None:
-            study.kill()
-        stop_server(server)
-    assert study.returncode == 0, stderr
+        served.stop()
+    assert served.study.returncode == 0, stderr
     assert "unreachable" in stderr and "retrying for up to 300 s" in stderr
 
-    server = start_server(folder, port)
+    served.restart_server()
     try:
-        client = MlflowClient(url)
-        trials = finished_trials(url)
+        client = MlflowClient(served.url)
+        trials = finished_trials(served.url)
         assert len(trials) == 5
         for trial in trials:
             for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -75,46 +92,33 @@ def test_server_killed_and_restarted_mid_study_loses_nothing(write_recipe, tmp_p
         (parent,) = client.search_runs([trials[0].info.experiment_id], "tags.`tuning.kind` = 'study'")
         assert parent.info.status == "FINISHED"
     finally:
-        stop_server(server)
+        served.stop()
 
 
 def test_patience_runs_out_and_the_study_stops_cleanly(write_recipe, tmp_path):
-    folder = tmp_path / "server"
-    folder.mkdir()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = start_server(folder, port)
-    recipe = write_recipe(model=MODEL, extra='EXPERIMENT = "outage"\n')
-    study = subprocess.Popen([TUNING, "run", str(recipe), "--tracking-uri", url, "--max-evals", "6",
-                              "--patience", "3"],
-                             cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    served = ServedStudy(tmp_path, write_recipe, "--max-evals", "6", "--patience", "3")
     try:
-        deadline = time.monotonic() + 180
-        while len(finished_trials(url)) < 1:
-            assert time.monotonic() < deadline and study.poll() is None, study.stderr.read()
-            time.sleep(0.2)
-        stop_server(server)
-        stdout, stderr = study.communicate(timeout=300)
+        served.wait_for_finished_trials(1)
+        stop_server(served.server)
+        _, stderr = served.study.communicate(timeout=300)
     finally:
-        if study.poll() is None:
-            study.kill()
-    assert study.returncode == 1
-    assert f"error: the tracking store {url} was unreachable for 3 s" in stderr
+        served.stop()
+    assert served.study.returncode == 1
+    assert f"error: the tracking store {served.url} was unreachable for 3 s" in stderr
     assert "continue with --resume once it is back" in stderr
     assert "Traceback" not in stderr
 
-    server = start_server(folder, port)
+    served.restart_server()
     try:
-        done = len(finished_trials(url))
-        assert done >= 1
-        resumed = subprocess.run([TUNING, "run", str(recipe), "--tracking-uri", url, "--max-evals", "6",
-                                  "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert len(finished_trials(served.url)) >= 1
+        resumed = subprocess.run([TUNING, "run", str(served.recipe), "--tracking-uri", served.url,
+                                  "--max-evals", "6", "--resume"], cwd=tmp_path, capture_output=True,
+                                 text=True, timeout=600)
         assert resumed.returncode == 0, resumed.stderr
-        client = MlflowClient(url)
-        runs = client.search_runs([finished_trials(url)[0].info.experiment_id],
+        client = MlflowClient(served.url)
+        runs = client.search_runs([finished_trials(served.url)[0].info.experiment_id],
                                   "tags.`tuning.kind` = 'trial'")
         assert len(runs) == 6 and all(r.info.status in ("FINISHED", "KILLED") for r in runs)
-        assert len(finished_trials(url)) >= 5
+        assert len(finished_trials(served.url)) >= 5
     finally:
-        stop_server(server)
+        served.stop()
