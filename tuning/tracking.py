@@ -35,6 +35,7 @@ from tuning.errors import TrackingError
 
 _log = logging.getLogger("tuning")
 DEFAULT_PATIENCE = 600.0  # seconds a tracking server may be away before the study stops
+SEND_INTERVAL = 1.0  # seconds over which per-epoch metrics are gathered into one request
 KIND_TAG = "tuning.kind"  # "study" or "trial": how queries tell our runs apart
 LOSS_METRIC = "hyperopt_loss"  # the value handed to hyperopt, minimised
 _MAX_VALUE_LENGTH = 6000  # MLflow's limit for a param/tag value is 6000 characters
@@ -323,10 +324,13 @@ class MetricSender:
             batch = self._queue.get()
             if batch is None:
                 break
-            # Drain what else is waiting so a slow server gets fewer, larger requests.
-            while True:
+            # Gather what arrives within SEND_INTERVAL: short epochs make fewer, larger
+            # requests (each costs the server CPU that training on the same host would
+            # otherwise have), and a metric is still on the server a second after its epoch.
+            deadline = time.monotonic() + SEND_INTERVAL
+            while (left := deadline - time.monotonic()) > 0:
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=left)
                 except queue.Empty:
                     break
                 if more is None:
