@@ -33,15 +33,11 @@ import functools
 import json
 import math
 import os
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -50,6 +46,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/overhead.py` from a checkout without install
+
+from served import start_server, stop_server  # noqa: E402 - bench/ is this script's folder
 
 SEED = 7
 DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"  # shared/ beside the checkout
@@ -207,44 +205,6 @@ def run_job(job: Job, folder: Path) -> ArmResult:
     return ArmResult(data["job"], [TrialTiming(**t) for t in data["trials"]], data["epoch_block_us"])
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A real ``mlflow server`` over sqlite with proxied artifacts; waits for /health."""
-    folder.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    process = subprocess.Popen(
-        [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", str(folder / "artifacts")],
-        cwd=folder, stdout=(folder / "server.log").open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True)  # its own process group, so its workers stop with it
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2):
-                print(f"mlflow server {uri} (pid {process.pid})", flush=True)
-                return process, uri
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                stop_server(process)
-                raise SystemExit("mlflow server did not start:\n"
-                                 + (folder / "server.log").read_text()[-3000:]) from None
-            time.sleep(0.5)
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 # --------------------------------------------------------------------------- the report
 
 # Fixed per-trial costs shown in the report: section name -> column title. Sections nest
@@ -358,7 +318,7 @@ def _worker(spec_path: Path) -> None:
 
     recipe = Recipe.from_file(workload.recipe)
     if workload.data:
-        recipe.data = recipe.data_from(workload.data)
+        recipe.use_data_file(workload.data)
     data = recipe.load_data()  # once, before any trial is timed
     # A first fit pays TensorFlow's/XLA's one-time set-up: pay it in every arm before timing,
     # with the first configuration on a small slice of the data.

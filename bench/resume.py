@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from hyperopt import Trials
 from mlflow.entities import Metric, Param, RunTag
+from served import start_server, stop_server
 
 from tuning import history
 from tuning.tracking import Tracker
@@ -58,26 +53,6 @@ def timed_rebuild(uri: str, experiment_id: str, study: str, trials: int) -> floa
     return seconds
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mlflow = str(Path(sys.executable).parent / "mlflow")
-    process = subprocess.Popen([mlflow, "server", "--host", "127.0.0.1", "--port", str(port),
-                                "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                                "--workers", "1"], cwd=folder, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2).close()
-            return process, url
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGKILL)
-    raise RuntimeError("mlflow server did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=1000)
@@ -89,12 +64,11 @@ def main() -> None:
         experiment_id, study = write_study(Tracker(sqlite), args.trials)
         print(f"wrote a study of {args.trials} trials in {time.perf_counter() - started:.1f} s")
         direct = timed_rebuild(sqlite, experiment_id, study, args.trials)
-        server, url = start_server(folder)
+        server, url = start_server(folder / "server", sqlite)
         try:
             served = timed_rebuild(url, experiment_id, study, args.trials)
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait()
+            stop_server(server)
     print(f"rebuild of {args.trials} trials: {served:.2f} s through mlflow server, "
           f"{direct:.2f} s on sqlite directly")
 

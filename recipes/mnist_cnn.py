@@ -18,6 +18,7 @@ import numpy as np
 EXPERIMENT = "mnist_cnn"
 MAX_EVALS = 20
 OBJECTIVE = "accuracy"
+EPOCHS = 2
 
 
 def data(path=None):
@@ -55,6 +56,6 @@ def model(x_train, y_train, x_test, y_test):
         keras.layers.Dense(10, activation="softmax"),
     ])
     net.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-    net.fit(x_train, y_train, epochs=2, batch_size=<<quniform(32, 128, 32)>>,
+    net.fit(x_train, y_train, epochs=EPOCHS, batch_size=<<quniform(32, 128, 32)>>,
             validation_data=(x_test, y_test))
     return net

@@ -6,6 +6,7 @@ Example::
     import tuning
     study = tuning.minimize("recipes/digits_cnn.py", max_evals=5)
     model = tuning.load_best(study.experiment)
+    tuning.pbt("recipes/diabetes_regression.py", population=8, rounds=5)  # population based training
 
 Names are imported on first use, so that ``import tuning`` (and the ``tuning`` command)
 does not import Keras before the backend is chosen.
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tuning.best import best_runs, load_best, register_best
     from tuning.errors import NoTrialsError, RecipeError, TemplateError, TrackingError, TuningError
+    from tuning.population import pbt
     from tuning.report import Report, study_report
     from tuning.study import StudyResult, minimize
     from tuning.template import Template, assigned
@@ -30,6 +32,7 @@ _EXPORTS = {
     "NoTrialsError": "tuning.errors", "RecipeError": "tuning.errors",
     "TemplateError": "tuning.errors", "TrackingError": "tuning.errors",
     "TuningError": "tuning.errors",
+    "pbt": "tuning.population",
     "StudyResult": "tuning.study", "minimize": "tuning.study",
     "Template": "tuning.template", "assigned": "tuning.template",
     "TrialResult": "tuning.trial", "TrialStatus": "tuning.trial",
@@ -37,7 +40,7 @@ _EXPORTS = {
 __all__ = [
     "NoTrialsError", "RecipeError", "Report", "StudyResult", "Template", "TemplateError",
     "TrackingError", "TrialResult", "TrialStatus", "TuningError", "assigned", "best_runs",
-    "load_best", "minimize", "register_best", "study_report",
+    "load_best", "minimize", "pbt", "register_best", "study_report",
 ]
 
 

@@ -49,9 +49,12 @@ def find_experiment(tracker: Tracker, name: str) -> Experiment:
     return found
 
 
-def trial_runs(tracker: Tracker, experiment_id: str, study_run_id: str) -> Iterator[Run]:
-    """Every trial run of a study, page by page."""
+def trial_runs(tracker: Tracker, experiment_id: str, study_run_id: str,
+               condition: str | None = None) -> Iterator[Run]:
+    """Every trial run of a study (that meets the search ``condition``), page by page."""
     query = f"tags.`{KIND_TAG}` = 'trial' and tags.`mlflow.parentRunId` = '{study_run_id}'"
+    if condition:
+        query += f" and {condition}"
     token = None
     while True:
         page = tracker.client.search_runs([experiment_id], query, max_results=_PAGE, page_token=token)

@@ -23,6 +23,23 @@ tracking_uri_option = click.option(
     "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
     help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here].")
 debug_option = click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+# Options of both `run` and `pbt`, declared once.
+experiment_option = click.option(
+    "--experiment", help="MLflow experiment [default: recipe's EXPERIMENT, else its file name].")
+seed_option = click.option("--seed", type=int, help="Seed: the same seed samples the same parameters.")
+objective_option = click.option(
+    "--objective", help="Metric to optimise [default: accuracy on (x_test, y_test)].")
+mode_option = click.option(
+    "--mode", type=click.Choice(["min", "max"]), help="Minimise or maximise the objective.")
+data_option = click.option(
+    "--data", "data_path", type=click.Path(exists=True, dir_okay=False),
+    help="A data file passed to the recipe's data(path), e.g. an .npz for offline use.")
+no_model_option = click.option("--no-model", is_flag=True, help="Do not log each trial's model.")
+backend_option = click.option(
+    "--backend", type=click.Choice(["tensorflow", "jax", "torch"]), envvar="KERAS_BACKEND",
+    help="Keras backend for the trials [env: KERAS_BACKEND; default: tensorflow].")
+verbose_option = click.option("--verbose", is_flag=True,
+                              help="Show Keras' own fit output instead of a progress bar.")
 
 
 def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -78,19 +95,34 @@ def main() -> None:
 @main.command()
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
 @tracking_uri_option
-@click.option("--experiment", help="MLflow experiment [default: recipe's EXPERIMENT, else its file name].")
-@click.option("--max-evals", type=click.IntRange(min=1), help="Number of trials [default: 10].")
-@click.option("--algo", type=click.Choice(["tpe", "rand", "anneal"]), help="Search algorithm [default: tpe].")
-@click.option("--seed", type=int, help="Seed: the same seed samples the same parameters.")
-@click.option("--objective", help="Metric to optimise [default: accuracy on (x_test, y_test)].")
-@click.option("--mode", type=click.Choice(["min", "max"]), help="Minimise or maximise the objective.")
-@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False),
-              help="A data file passed to the recipe's data(path), e.g. an .npz for offline use.")
+@experiment_option
+@click.option("--max-evals", type=click.IntRange(min=1),
+              help="Number of trials [default: 10; with --algo grid: every point].")
+@click.option("--algo", type=click.Choice(["tpe", "rand", "anneal", "grid"]),
+              help="Search algorithm; grid runs every combination of discrete markers [default: tpe].")
+@click.option("--fraction", type=click.FloatRange(min=0, max=1, min_open=True),
+              help="With --algo grid: run a random share F of the grid, no point twice.")
+@seed_option
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Start no new trial after this many seconds (the running one finishes).")
+@click.option("--early-stop", type=click.IntRange(min=1),
+              help="Stop after N trials in a row without a better objective.")
+@click.option("--target", type=float, help="Stop once the objective reaches this value.")
+@click.option("--prune", type=click.Choice(["median", "hyperband", "none"]), default="none",
+              show_default=True, help="Stop hopeless trials between epochs, judged against earlier trials.")
+@click.option("--parallelism", type=click.IntRange(min=1),
+              help="Run N trials at a time on Spark (local[N] unless --spark-master); needs a "
+                   "tracking server.")
+@click.option("--spark-master", help="Spark master URL of an existing cluster, e.g. spark://host:7077.")
+@click.option("--threads-per-trial", type=click.IntRange(min=1),
+              help="Threads each parallel trial may use [default: the cores / N on a local master].")
+@objective_option
+@mode_option
+@data_option
 @click.option("--max-epochs", type=click.IntRange(min=1), envvar="TUNING_MAX_EPOCHS",
               help="Train every fit for at most N epochs (quick checks) [env: TUNING_MAX_EPOCHS].")
-@click.option("--no-model", is_flag=True, help="Do not log each trial's model.")
-@click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]), envvar="KERAS_BACKEND",
-              help="Keras backend for the trials [env: KERAS_BACKEND; default: tensorflow].")
+@no_model_option
+@backend_option
 @click.option("--patience", type=click.FloatRange(min=0), default=600, show_default=True,
               help="Seconds to keep retrying a tracking server that went away before stopping.")
 @click.option("--trial-timeout", type=click.FloatRange(min=0, min_open=True),
@@ -101,31 +133,80 @@ def main() -> None:
               help="Run trials in worker processes (renewed every 20 trials) even without limits.")
 @click.option("--resume", is_flag=True,
               help="Continue the newest unfinished study of this recipe, up to --max-evals trials in all.")
-@click.option("--verbose", is_flag=True, help="Show Keras' own fit output instead of a progress bar.")
+@verbose_option
 @friendly
 def run(recipe: str, tracking_uri: str | None, data_path: str | None, no_model: bool, verbose: bool,
         backend: str | None, **options: Any) -> None:
     """Search RECIPE's hyperparameters; every trial becomes an MLflow run."""
+    loaded = _load_recipe(recipe, data_path, backend)
+    from tuning.study import minimize
+
+    study = minimize(loaded, tracking_uri=tracking_uri, log_model=not no_model,
+                     progress=not verbose, **options)
+    _print_study(study)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@tracking_uri_option
+@experiment_option
+@click.option("--population", type=int, default=8, show_default=True,
+              help="Members trained side by side (at least 2).")
+@click.option("--rounds", type=int, default=5, show_default=True,
+              help="Rounds; after each but the last, the bottom quarter copies the top quarter and perturbs.")
+@click.option("--epochs-per-round", type=int,
+              help="Epochs per round [default: the recipe fit's epochs // rounds, so the total stays].")
+@seed_option
+@objective_option
+@mode_option
+@data_option
+@no_model_option
+@backend_option
+@verbose_option
+@friendly
+def pbt(recipe: str, tracking_uri: str | None, data_path: str | None, no_model: bool, verbose: bool,
+        backend: str | None, **options: Any) -> None:
+    """Population based training of RECIPE: members train in rounds, the worst copy the best.
+
+    Learning rate, dropout and L1/L2 markers are perturbed; every member is an MLflow run.
+    """
+    loaded = _load_recipe(recipe, data_path, backend)
+    from tuning.population import pbt as train
+
+    study = train(loaded, tracking_uri=tracking_uri, log_model=not no_model, progress=not verbose,
+                  **options)
+    _print_study(study)
+
+
+def _load_recipe(recipe: str, data_path: str | None, backend: str | None) -> Any:
+    """Choose the backend (before Keras is imported), let SIGTERM stop the study, load RECIPE."""
     if backend:
         use_backend(backend)
     from tuning.recipe import Recipe
-    from tuning.study import minimize
-    from tuning.tracking import ui_command
 
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     loaded = Recipe.from_file(recipe)
     if data_path:
         loaded.use_data_file(data_path)
-    study = minimize(loaded, tracking_uri=tracking_uri, log_model=not no_model,
-                     progress=not verbose, **options)
+    return loaded
+
+
+def _print_study(study: Any) -> None:
+    """How a study ended, its best trial and how to look at it; exit 1 if every trial failed."""
+    from tuning.tracking import ui_command
+
     best = study.best
+    pruned = len(study.pruned)
     console.print(f"\nstudy [bold]{study.experiment}[/] ({study.run_id}): "
-                  f"{len(study.trials) - len(study.failed)} trials finished, {len(study.failed)} failed")
+                  f"{len(study.trials) - len(study.failed) - pruned} trials finished, "
+                  + (f"{pruned} pruned, " if pruned else "") + f"{len(study.failed)} failed; "
+                  f"stopped: {study.stop_detail or study.stop_reason}")
     if best is None:
         first = study.failed[0].error if study.failed else "no trial ran"
-        raise click.ClickException(f"all {len(study.trials)} trials failed; first error: {first} "
-                                   f"(traceback in error.txt of run {study.failed[0].run_id})")
+        where = (f" (traceback in error.txt of run {study.failed[0].run_id})"
+                 if study.failed and study.failed[0].run_id else "")
+        raise click.ClickException(f"all {len(study.trials)} trials failed; first error: {first}{where}")
     table = Table("best trial", str(best.number), show_header=True)
     table.add_row("loss (to hyperopt)", f"{best.loss:.6g}")
     for name, value in best.params.items():

@@ -168,10 +168,15 @@ class Distribution:
         return _CHECKERS[self.kind](*self.args, **dict(self.kwargs))
 
     @property
-    def is_integer(self) -> bool:
+    def arguments(self) -> dict[str, Any]:
+        """The arguments by name, defaults included: ``{"low": 0, "high": 1}`` for ``uniform(0, 1)``."""
         bound = inspect.signature(_CHECKERS[self.kind]).bind(*self.args, **dict(self.kwargs))
         bound.apply_defaults()
-        q = bound.arguments.get("q")
+        return dict(bound.arguments)
+
+    @property
+    def is_integer(self) -> bool:
+        q = self.arguments.get("q")
         if self.kind in {"randint", "uniformint"}:
             return True
         return self.kind in QUANTISED and isinstance(q, int) and not isinstance(q, bool)

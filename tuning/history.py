@@ -16,19 +16,20 @@ from hyperopt.fmin import generate_trial
 from mlflow.entities import Run
 
 from tuning.best import trial_runs
-from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker
+from tuning.tracking import KIND_TAG, LOSS_METRIC, STRATEGY_TAG, Tracker
 from tuning.trial import TrialResult, TrialStatus
 
 _STATUS = {"FINISHED": TrialStatus.OK, "FAILED": TrialStatus.FAILED, "KILLED": TrialStatus.KILLED}
 
 
 def unfinished_study(tracker: Tracker, experiment_id: str, recipe: str) -> Run | None:
-    """The newest study run of ``recipe`` in the experiment that did not finish."""
+    """The newest hyperopt study run of ``recipe`` in the experiment that did not finish."""
     query = (f"tags.`{KIND_TAG}` = 'study' and tags.`tuning.recipe` = '{_quoted(recipe)}' "
              "and attributes.status != 'FINISHED'")
-    found = tracker.client.search_runs([experiment_id], query, max_results=1,
+    found = tracker.client.search_runs([experiment_id], query, max_results=20,
                                        order_by=["attributes.start_time DESC"])
-    return found[0] if found else None
+    # A population based training study has no hyperopt trials to continue.
+    return next((run for run in found if run.data.tags.get(STRATEGY_TAG) != "pbt"), None)
 
 
 def rebuild(tracker: Tracker, experiment_id: str, study_run_id: str,
@@ -42,8 +43,7 @@ def rebuild(tracker: Tracker, experiment_id: str, study_run_id: str,
     results, docs = [], []
     for run in trial_runs(tracker, experiment_id, study_run_id):
         if run.info.status == "RUNNING":
-            tracker.log(run.info.run_id, tags={"tuning.error": "the process running it died"})
-            tracker.end_run(run.info.run_id, "KILLED")
+            _kill(tracker, run, "the process running it died")
         result = _result(run)
         results.append(result)
         docs.append(_hyperopt_doc(result, json.loads(run.data.tags.get("tuning.hyperopt_vals", "{}"))))
@@ -55,12 +55,26 @@ def rebuild(tracker: Tracker, experiment_id: str, study_run_id: str,
     return results
 
 
+def end_orphans(tracker: Tracker, experiment_id: str, study_run_id: str, reason: str) -> None:
+    """End KILLED the trial runs of a study still RUNNING (their Spark tasks were cancelled)."""
+    for run in trial_runs(tracker, experiment_id, study_run_id, "attributes.status = 'RUNNING'"):
+        _kill(tracker, run, reason)
+
+
+def _kill(tracker: Tracker, run: Run, reason: str) -> None:
+    tracker.log(run.info.run_id, tags={"tuning.error": reason})
+    tracker.end_run(run.info.run_id, "KILLED")
+
+
 def _result(run: Run) -> TrialResult:
     status = _STATUS.get(run.info.status, TrialStatus.KILLED)
-    loss = run.data.metrics.get(LOSS_METRIC) if status is TrialStatus.OK else None
+    if status is TrialStatus.KILLED and run.data.tags.get("tuning.pruned") == "true":
+        status = TrialStatus.PRUNED
+    loss = run.data.metrics.get(LOSS_METRIC) if status in (TrialStatus.OK, TrialStatus.PRUNED) else None
+    if status is TrialStatus.OK and loss is None:  # finished, yet no loss was logged: unusable
+        status = TrialStatus.FAILED
     params = {k: _typed(v) for k, v in run.data.params.items()}
-    return TrialResult(int(run.data.tags["tuning.trial"]), run.info.run_id,
-                       status if loss is not None or status is not TrialStatus.OK else TrialStatus.FAILED,
+    return TrialResult(int(run.data.tags["tuning.trial"]), run.info.run_id, status,
                        params, loss, run.data.tags.get("tuning.error"))
 
 

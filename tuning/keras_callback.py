@@ -3,7 +3,9 @@
 While a trial runs, ``keras.Model.fit`` is wrapped once, in one place: the wrapper adds
 an :class:`EpochCallback` for the trial active in the calling thread (a ContextVar) and
 passes every argument on by name. The original ``fit`` is restored when the last
-running trial ends.
+running trial ends. Inside :func:`capturing`, ``fit`` trains nothing: it hands the
+compiled model and its arguments back by raising :class:`FitCaptured` (population based
+training drives the training itself).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class EpochCallback(keras.callbacks.Callback):
         super().__init__()
         self._log = log
 
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._log.planned_epochs = self.params.get("epochs") or 0
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._log.add(logs or {})
 
@@ -39,6 +44,7 @@ class EpochLog:
         self.quiet = quiet
         self.max_epochs = max_epochs
         self.epochs: list[dict[str, float]] = []
+        self.planned_epochs = 0  # the ``epochs`` of the fit running now
 
     def add(self, logs: dict[str, Any]) -> None:
         values = {k: float(v) for k, v in logs.items() if _is_number(v)}
@@ -62,17 +68,32 @@ def _is_number(value: Any) -> bool:
 
 
 _ACTIVE: contextvars.ContextVar[EpochLog | None] = contextvars.ContextVar("tuning_epochs", default=None)
+_CAPTURING: contextvars.ContextVar[bool] = contextvars.ContextVar("tuning_capturing", default=False)
 _lock = threading.Lock()
 _users = 0
 _original_fit: Any = None
 _own_fit: Any = None  # keras.Model's own "fit" attribute, if it had one, to put back
 
 
+class FitCaptured(BaseException):  # noqa: N818 - a signal, not an error
+    """Raised by ``fit`` inside :func:`capturing`: the compiled model and fit's arguments.
+
+    A BaseException, so that a recipe's own ``except Exception`` around ``fit`` lets it pass.
+    """
+
+    def __init__(self, model: keras.Model, arguments: dict[str, Any]):
+        super().__init__("fit captured")
+        self.model = model
+        self.arguments = arguments
+
+
 def _fit(self: keras.Model, *args: Any, **kwargs: Any) -> Any:
+    bound = inspect.signature(_original_fit).bind(self, *args, **kwargs)
+    if _CAPTURING.get():
+        raise FitCaptured(self, {k: v for k, v in bound.arguments.items() if k != "self"})
     log = _ACTIVE.get()
     if log is None:
         return _original_fit(self, *args, **kwargs)
-    bound = inspect.signature(_original_fit).bind(self, *args, **kwargs)
     arguments = bound.arguments
     arguments["callbacks"] = [*(arguments.get("callbacks") or []), EpochCallback(log)]
     if log.quiet:
@@ -86,6 +107,28 @@ def _fit(self: keras.Model, *args: Any, **kwargs: Any) -> Any:
 @contextmanager
 def recording(log: EpochLog) -> Iterator[EpochLog]:
     """Send the epochs of every ``fit`` in this block (this thread only) to ``log``."""
+    with _wrapped_fit():
+        token = _ACTIVE.set(log)
+        try:
+            yield log
+        finally:
+            _ACTIVE.reset(token)
+
+
+@contextmanager
+def capturing() -> Iterator[None]:
+    """Make ``fit`` in this block (this thread only) raise :class:`FitCaptured` instead of training."""
+    with _wrapped_fit():
+        token = _CAPTURING.set(True)
+        try:
+            yield
+        finally:
+            _CAPTURING.reset(token)
+
+
+@contextmanager
+def _wrapped_fit() -> Iterator[None]:
+    """``keras.Model.fit`` is :func:`_fit` while any block in any thread needs it."""
     global _users, _original_fit, _own_fit
     with _lock:
         if _users == 0:
@@ -93,11 +136,9 @@ def recording(log: EpochLog) -> Iterator[EpochLog]:
             _original_fit = keras.Model.fit
             keras.Model.fit = _fit
         _users += 1
-    token = _ACTIVE.set(log)
     try:
-        yield log
+        yield
     finally:
-        _ACTIVE.reset(token)
         with _lock:
             _users -= 1
             if _users == 0:

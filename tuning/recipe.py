@@ -55,6 +55,19 @@ class Recipe:
         return path.stem
 
     @classmethod
+    def of(cls, recipe: str | Path | Callable[..., Any] | Recipe,
+           data: Callable[[], Any] | None = None) -> Recipe:
+        """A recipe file's path, a ``{{…}}``-templated ``model`` function or a Recipe, as a
+        Recipe; ``data``, if given, replaces its ``data()``."""
+        if isinstance(recipe, str | Path):
+            recipe = cls.from_file(recipe)
+        elif not isinstance(recipe, Recipe):
+            recipe = cls.from_functions(recipe, data)
+        if data is not None:
+            recipe.data = data
+        return recipe
+
+    @classmethod
     def from_file(cls, path: str | Path) -> Recipe:
         """Compile and execute a recipe file; it must define ``data()`` and ``model(...)``."""
         path = Path(path)

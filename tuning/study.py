@@ -20,20 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hyperopt import Trials, anneal, fmin, pyll, rand, tpe
+from hyperopt import Trials, anneal, fmin, rand, tpe
 from hyperopt.exceptions import AllTrialsFailed
 
-from tuning import history
+from tuning import history, pruners, spark
 from tuning.distributions import Distribution
 from tuning.errors import TemplateError, TrackingError
+from tuning.grid import Grid
 from tuning.progress import RichReporter, SilentReporter
+from tuning.pruners import Pruner, Pruning
 from tuning.recipe import Recipe
+from tuning.spark import Cluster
+from tuning.stopping import StopReason, StopRules
 from tuning.tracking import DEFAULT_PATIENCE, LOSS_METRIC, Tracker
-from tuning.trial import Objective, Reporter, TrialResult, TrialSetup, TrialStatus, run_trial
+from tuning.trial import Objective, Reporter, TrialResult, TrialSetup, TrialStatus, hyperopt_point, run_trial
 from tuning.worker import IsolatedRunner, Limits
 
 ALGORITHMS: dict[str, Callable[..., Any]] = {"tpe": tpe.suggest, "rand": rand.suggest,
                                              "anneal": anneal.suggest}
+GRID = "grid"  # not a hyperopt algorithm: its points depend on the space (tuning.grid)
 DEFAULT_MAX_EVALS = 10
 
 
@@ -45,16 +50,29 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
              max_epochs: int | None = None, progress: bool = True, resume: bool = False,
              patience: float = DEFAULT_PATIENCE, trial_timeout: float | None = None,
              trial_max_memory: float | None = None, isolate: bool = False,
+             fraction: float | None = None, timeout: float | None = None,
+             early_stop: int | None = None, target: float | None = None,
+             prune: str | Pruner | None = None, parallelism: int | None = None,
+             spark_master: str | None = None, threads_per_trial: int | None = None,
              trials: Trials | None = None,
              callbacks: Sequence[Callable[[TrialResult], None]] = ()) -> StudyResult:
     """Search the hyperparameters of a templated model; track every trial in MLflow.
 
     ``recipe`` is a recipe file's path, or a ``model`` function written with ``{{…}}``
     markers (then ``data`` is its data function). ``algo`` is ``"tpe"``, ``"rand"``,
-    ``"anneal"`` or any hyperopt ``suggest`` function. Arguments left as None take the
-    recipe's constants (``MAX_EVALS``, ``ALGO`` …), then the defaults. ``max_epochs``
-    (or ``TUNING_MAX_EPOCHS``) caps every ``fit`` for a quick run. With ``progress=True``
-    a progress bar replaces Keras' own per-epoch output.
+    ``"anneal"``, ``"grid"`` (every combination of discrete markers, or a random
+    ``fraction`` of them; ``max_evals`` then defaults to all of them) or any hyperopt
+    ``suggest`` function. Arguments left as None take the recipe's constants
+    (``MAX_EVALS``, ``ALGO`` …), then the defaults. ``max_epochs`` (or
+    ``TUNING_MAX_EPOCHS``) caps every ``fit`` for a quick run. With ``progress=True`` a
+    progress bar replaces Keras' own per-epoch output.
+
+    The study ends early at ``timeout`` seconds, after ``early_stop`` trials without
+    improvement, or once the objective reaches ``target`` (see :mod:`tuning.stopping`).
+    ``prune`` (``"median"``, ``"hyperband"`` or a :class:`tuning.pruners.Pruner`) stops
+    hopeless trials between epochs. ``parallelism`` runs that many trials at a time on
+    Spark (``spark_master``, a notebook's active session, or ``local[N]``), each limited to
+    ``threads_per_trial`` threads; see :mod:`tuning.spark`.
 
     Example::
 
@@ -63,16 +81,13 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
         print(study.best.params, study.best.loss)
         model = tuning.load_best(study.experiment)
     """
-    if isinstance(recipe, str | Path):
-        recipe = Recipe.from_file(recipe)
-    elif not isinstance(recipe, Recipe):
-        recipe = Recipe.from_functions(recipe, data)
-    if data is not None:
-        recipe.data = data
+    recipe = Recipe.of(recipe, data)
     config = StudyConfig.merge(recipe, dict(
         max_evals=max_evals, algo=algo, seed=seed, experiment=experiment, objective=objective,
         mode=mode, log_model=log_model, max_epochs=max_epochs, progress=progress, resume=resume,
-        trial_timeout=trial_timeout, trial_max_memory=trial_max_memory, isolate=isolate))
+        trial_timeout=trial_timeout, trial_max_memory=trial_max_memory, isolate=isolate,
+        fraction=fraction, timeout=timeout, early_stop=early_stop, target=target, prune=prune,
+        parallelism=parallelism, spark_master=spark_master, threads_per_trial=threads_per_trial))
     return run_study(recipe, config, Tracker(tracking_uri, patience), trials, callbacks)
 
 
@@ -87,6 +102,8 @@ class StudyResult:
     seed: int
     trials: tuple[TrialResult, ...]
     space: dict[str, Distribution]
+    stop_reason: StopReason | None = None  # None: the study could not be closed (store away)
+    stop_detail: str = ""
 
     @property
     def best(self) -> TrialResult | None:
@@ -95,7 +112,12 @@ class StudyResult:
 
     @property
     def failed(self) -> tuple[TrialResult, ...]:
-        return tuple(t for t in self.trials if t.status is not TrialStatus.OK)
+        """Trials that failed or were killed (pruned trials are neither)."""
+        return tuple(t for t in self.trials if t.status in (TrialStatus.FAILED, TrialStatus.KILLED))
+
+    @property
+    def pruned(self) -> tuple[TrialResult, ...]:
+        return tuple(t for t in self.trials if t.status is TrialStatus.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -103,10 +125,16 @@ class StudyConfig:
     """The settings of one study after recipe defaults and overrides are merged."""
 
     experiment: str
-    max_evals: int
+    max_evals: int | None  # None: every point of the grid
     algo: str | Callable[..., Any]
     seed: int
     objective: Objective
+    fraction: float = 1.0  # the share of the grid that runs (algo "grid")
+    timeout: float | None = None
+    early_stop: int | None = None
+    target: float | None = None
+    pruner: Pruner | None = None
+    cluster: Cluster | None = None  # set: trials run on Spark, this many at a time
     log_model: bool = True
     max_epochs: int | None = None
     progress: bool = True
@@ -122,18 +150,29 @@ class StudyConfig:
             return value if value is not None else recipe.defaults.get(key, default)
 
         algo = pick("ALGO", "tpe")
-        if isinstance(algo, str) and algo not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
-        max_evals = int(pick("MAX_EVALS", DEFAULT_MAX_EVALS))
-        if max_evals < 1:
-            raise ValueError(f"max_evals must be at least 1, got {max_evals}")
+        if isinstance(algo, str) and algo not in (*ALGORITHMS, GRID):
+            raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}, {GRID}")
+        fraction = overrides.get("fraction")
+        if fraction is not None and algo != GRID:
+            raise ValueError("fraction samples a share of a grid: use it with algo 'grid' (--algo grid)")
+        # A grid runs all its points unless a budget is given for it: a flag, or the
+        # recipe's MAX_EVALS when the recipe itself chose the grid.
+        budget = overrides.get("max_evals")
+        if budget is None and (algo != GRID or recipe.defaults.get("ALGO") == GRID):
+            budget = recipe.defaults.get("MAX_EVALS", None if algo == GRID else DEFAULT_MAX_EVALS)
+        if budget is not None and int(budget) < 1:
+            raise ValueError(f"max_evals must be at least 1, got {budget}")
         seed = pick("SEED", None)
         max_epochs = overrides.get("max_epochs") or os.environ.get("TUNING_MAX_EPOCHS")
         return cls(
             experiment=str(pick("EXPERIMENT", recipe.name)),
-            max_evals=max_evals, algo=algo,
+            max_evals=None if budget is None else int(budget), algo=algo,
             seed=int(seed) if seed is not None else secrets.randbelow(2**31),
             objective=Objective.create(pick("OBJECTIVE", None), pick("MODE", None)),
+            fraction=1.0 if fraction is None else float(fraction),
+            timeout=overrides.get("timeout"), early_stop=overrides.get("early_stop"),
+            target=overrides.get("target"), pruner=pruners.create(overrides.get("prune")),
+            cluster=_cluster(overrides),
             log_model=overrides.get("log_model", True),
             max_epochs=int(max_epochs) if max_epochs else None,
             progress=overrides.get("progress", True),
@@ -145,21 +184,20 @@ class StudyConfig:
     def resumed(self, params: dict[str, str]) -> StudyConfig:
         """This config with the settings a resumed study was started with."""
         stored = {"algo": params.get("algo"), "seed": params.get("seed"),
-                  "objective": params.get("objective"), "mode": params.get("mode")}
+                  "objective": params.get("objective"), "mode": params.get("mode"),
+                  "fraction": params.get("fraction", "1.0")}
         mine = {"algo": self.algo_name, "seed": str(self.seed),
-                "objective": self.objective.metric, "mode": self.objective.mode}
+                "objective": self.objective.metric, "mode": self.objective.mode,
+                "fraction": str(self.fraction)}
         clash = [k for k in stored if k in self.explicit and stored[k] != mine[k]]
         if clash:
             raise ValueError(f"the study being resumed was run with "
                              f"{', '.join(f'{k}={stored[k]}' for k in clash)}; leave out "
                              f"{', '.join('--' + k for k in clash)} or start a new study without --resume")
-        algo = stored["algo"] if stored["algo"] in ALGORITHMS else self.algo
+        algo = stored["algo"] if stored["algo"] in (*ALGORITHMS, GRID) else self.algo
         return dataclasses.replace(self, algo=algo, seed=int(stored["seed"] or self.seed),
-                                   objective=Objective.create(stored["objective"], stored["mode"]))
-
-    @property
-    def suggest(self) -> Callable[..., Any]:
-        return ALGORITHMS[self.algo] if isinstance(self.algo, str) else self.algo
+                                   objective=Objective.create(stored["objective"], stored["mode"]),
+                                   fraction=float(stored["fraction"]))
 
     @property
     def algo_name(self) -> str:
@@ -181,64 +219,156 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
                             "<<uniform(0, 1)>> or {{choice([32, 64])}} in model()",
                             recipe.template.filename)
     space = {name: d.to_hyperopt(name) for name, d in distributions.items()}
-    # With workers, each loads the data itself; here it would only take memory.
-    data = recipe.load_data() if config.limits is None else ()
+    if config.algo == GRID:
+        Grid(recipe.template, distributions)  # a continuous marker fails here, before any run
+    rules = StopRules(config.objective, config.timeout, config.early_stop, config.target)
+    session, own_session = None, False
+    if config.cluster is not None:
+        spark.check_store(tracker.uri)
+        session, own_session = spark.session(config.cluster)
+        trials = trials if trials is not None else spark.trials(session, config.cluster.parallelism)
+    # With workers or executors, each loads the data itself; here it would only take memory.
+    data = recipe.load_data() if config.limits is None and config.cluster is None else ()
     experiment_id = tracker.experiment_id(config.experiment)
     trials = trials if trials is not None else Trials()
     study_run_id, config, results = _open_study(tracker, experiment_id, recipe, config,
                                                 distributions, trials)
+    suggest, config = _search(recipe, distributions, config)
+    tags = {"tuning.max_evals": config.max_evals, "tuning.max_epochs": config.max_epochs}
+    if config.pruner is not None:
+        tags["tuning.pruner"] = repr(config.pruner)  # e.g. MedianPruner(startup_trials=5, …)
+    tracker.log(study_run_id, tags=tags)
+    pruning = Pruning(config.pruner) if config.pruner else None
+    if pruning is not None:
+        pruning.load(tracker.client, [(r.number, r.run_id, r.status is TrialStatus.OK)
+                                      for r in results if r.loss is not None],
+                     config.objective.curve_keys, config.objective.loss(1.0))
 
     reporter: Reporter = (RichReporter(config.max_evals, done=len(results)) if config.progress
                           else SilentReporter())
     setup = TrialSetup(tracker, experiment_id, study_run_id, recipe, data, config.objective,
                        reporter, seed=config.seed, log_model=config.log_model,
-                       quiet_fit=config.progress, max_epochs=config.max_epochs)
+                       quiet_fit=config.progress, max_epochs=config.max_epochs, pruning=pruning)
 
-    runner: Callable[[int, dict[str, Any], dict[str, Any]], TrialResult] = (
-        functools.partial(run_trial, setup) if config.limits is None
-        else IsolatedRunner(setup, config.limits))
-
-    def objective(expr: Any, memo: Any, ctrl: Any) -> dict[str, Any]:
-        values = pyll.rec_eval(expr, memo=memo)
-        params = {name: _plain(values[name]) for name in distributions}  # recipe order
-        raw = {k: _plain(v[0]) for k, v in ctrl.current_trial["misc"]["vals"].items() if v}
-        result = runner(ctrl.current_trial["tid"] + 1, params, raw)
+    def record(result: TrialResult) -> None:
         results.append(result)
+        if pruning is not None and result.status in (TrialStatus.OK, TrialStatus.PRUNED):
+            pruning.record(result.number, result.curve, complete=result.status is TrialStatus.OK)
         for callback in callbacks:
             callback(result)
-        return result.to_hyperopt()
 
-    objective.fmin_pass_expr_memo_ctrl = True  # type: ignore[attr-defined]
+    runner: Callable[[int, dict[str, Any], dict[str, Any]], TrialResult] | None = None
+    harvest: spark.Harvest | None = None
+    if session is None:
+        runner = (functools.partial(run_trial, setup) if config.limits is None
+                  else IsolatedRunner(setup, config.limits))
+        objective: Callable[..., Any] = _objective(runner, list(distributions), record)
+        running: Any = nullcontext()
+    else:
+        def harvested(result: TrialResult) -> None:
+            record(result)
+            reporter.trial_ended(result)  # the executors report nothing to this process
+
+        harvest = spark.Harvest(harvested, trials)
+        objective = spark.SparkObjective(setup, list(distributions), pruning)
+        space, suggest = spark.numbered_space(space), spark.numbered(suggest, trials)
+        running = spark.cancelling_on_interrupt(session)
+
+    def stop(trials: Trials, *state: Any) -> tuple[bool, tuple[Any, ...]]:
+        if harvest is not None:
+            harvest(trials)
+        return rules.check(results), state
+
     logging.getLogger("hyperopt").setLevel(logging.WARNING)
+    logging.getLogger("hyperopt-spark").setLevel(logging.WARNING)
     # Everything alive now (TensorFlow, MLflow, the data) lives as long as the study:
     # moving it out of the collector's sight makes the collection after each trial
     # take milliseconds instead of a third of a second.
     gc.collect()
     gc.freeze()
-    status = "FAILED"
+    status, reason = "FAILED", StopReason.MAX_EVALS
     try:
-        with reporter if isinstance(reporter, RichReporter) else nullcontext(), \
+        with reporter if isinstance(reporter, RichReporter) else nullcontext(), running, \
                 suppress(AllTrialsFailed):  # failed trials are reported in the result
-            fmin(objective, space, algo=config.suggest, max_evals=config.max_evals,
-                 trials=trials,
+            fmin(objective, space, algo=suggest, max_evals=config.max_evals,
+                 trials=trials, early_stop_fn=stop,
                  rstate=np.random.default_rng(config.seed), show_progressbar=False,
                  return_argmin=False)
+            if harvest is not None:
+                harvest(trials)  # the trials that ended after the last check
         status = "FINISHED"
+        if rules.reason is not None:
+            reason = rules.reason
+        elif isinstance(suggest, Grid) and len(results) >= len(suggest):
+            reason = StopReason.GRID_DONE
     except KeyboardInterrupt:
-        status = "KILLED"
+        status, reason = "KILLED", StopReason.INTERRUPTED
         raise
     except TrackingError:
         status = ""  # the store is away: nothing more can be written; --resume cleans up
+        reason = StopReason.TRACKING
         raise
     finally:
         gc.unfreeze()
         if isinstance(runner, IsolatedRunner):
             runner.close()
+        if session is not None:
+            if status:  # cancelled Spark tasks leave their runs RUNNING
+                history.end_orphans(tracker, experiment_id, study_run_id, "stopped with the study")
+            if own_session:
+                session.stop()
         result = StudyResult(tracker.uri, experiment_id, config.experiment, study_run_id,
-                             config.seed, tuple(results), distributions)
+                             config.seed, tuple(results), distributions, reason,
+                             rules.detail or _stop_detail(reason, len(results)))
         if status:
             _finish(tracker, result, status)
     return result
+
+
+def _objective(runner: Callable[[int, dict[str, Any], dict[str, Any]], TrialResult],
+               names: list[str], record: Callable[[TrialResult], None]) -> Callable[..., Any]:
+    """hyperopt's objective for trials run by this process (or its worker)."""
+    def objective(expr: Any, memo: Any, ctrl: Any) -> dict[str, Any]:
+        params, raw = hyperopt_point(expr, memo, names)
+        result = runner(ctrl.current_trial["tid"] + 1, params, raw)
+        record(result)
+        return result.to_hyperopt()
+
+    objective.fmin_pass_expr_memo_ctrl = True  # type: ignore[attr-defined]
+    return objective
+
+
+def _search(recipe: Recipe, distributions: dict[str, Distribution],
+            config: StudyConfig) -> tuple[Callable[..., Any], StudyConfig]:
+    """hyperopt's suggest function, and the config with its trial budget settled."""
+    if config.algo == GRID:
+        grid = Grid(recipe.template, distributions, config.fraction, config.seed)
+        budget = min(config.max_evals or len(grid), len(grid))
+        return grid, dataclasses.replace(config, max_evals=budget)
+    suggest = ALGORITHMS[config.algo] if isinstance(config.algo, str) else config.algo
+    return suggest, config
+
+
+def _stop_detail(reason: StopReason, trials: int) -> str:
+    return {StopReason.MAX_EVALS: f"all {trials} trials of the budget ran",
+            StopReason.GRID_DONE: f"every one of the grid's {trials} points ran",
+            StopReason.INTERRUPTED: "interrupted",
+            StopReason.TRACKING: "the tracking server stayed away"}.get(reason, "")
+
+
+def _cluster(overrides: dict[str, Any]) -> Cluster | None:
+    """Where parallel trials run, from the parallelism / spark_master / threads settings."""
+    parallelism = overrides.get("parallelism")
+    if parallelism is None:
+        if overrides.get("spark_master") or overrides.get("threads_per_trial"):
+            raise ValueError("--spark-master and --threads-per-trial go with --parallelism N")
+        return None
+    if parallelism < 1:
+        raise ValueError(f"parallelism must be at least 1, got {parallelism}")
+    if _limits(overrides) is not None:
+        raise ValueError("--parallelism runs trials on Spark executors: it does not combine with "
+                         "--trial-timeout, --trial-max-memory or --isolate")
+    return Cluster(parallelism, overrides.get("spark_master"), overrides.get("threads_per_trial"))
 
 
 def _limits(overrides: dict[str, Any]) -> Limits | None:
@@ -261,17 +391,28 @@ def _open_study(tracker: Tracker, experiment_id: str, recipe: Recipe, config: St
         tracker.client.update_run(run_id, status="RUNNING")
         results = history.rebuild(tracker, experiment_id, run_id, trials)
         resumes = int(previous.data.tags.get("tuning.resumes", "0")) + 1
-        tracker.log(run_id, tags={"tuning.max_evals": config.max_evals, "tuning.resumes": resumes,
-                                  "tuning.max_epochs": config.max_epochs})
+        tracker.log(run_id, tags={"tuning.resumes": resumes})
         return run_id, config, results
+    params = {"algo": config.algo_name, "seed": config.seed,
+              "objective": config.objective.metric, "mode": config.objective.mode}
+    if config.algo == GRID:
+        params["fraction"] = config.fraction
+    if config.cluster is not None:
+        params["parallelism"] = config.cluster.parallelism
+    return start_study_run(tracker, experiment_id, recipe, distributions, params), config, []
+
+
+def start_study_run(tracker: Tracker, experiment_id: str, recipe: Recipe,
+                    distributions: dict[str, Distribution], params: dict[str, Any],
+                    tags: dict[str, str] | None = None) -> str:
+    """A new study run: the recipe and ``params`` as params, the space, the recipe's source."""
+    key = _recipe_key(recipe)
     run_id = tracker.start_run(experiment_id, f"study-{time.strftime('%Y%m%d-%H%M%S')}", "study",
-                               tags={"tuning.recipe": key})
-    tracker.log(run_id, params={"recipe": key, "algo": config.algo_name, "seed": config.seed,
-                                "objective": config.objective.metric, "mode": config.objective.mode},
-                tags={"tuning.max_evals": config.max_evals, "tuning.max_epochs": config.max_epochs})
+                               tags={"tuning.recipe": key, **(tags or {})})
+    tracker.log(run_id, params={"recipe": key, **params})
     tracker.log_json(run_id, _describe(recipe, distributions), "space.json")
     tracker.log_text(run_id, recipe.template.source, f"recipe/{_source_name(recipe)}")
-    return run_id, config, []
+    return run_id
 
 
 def _recipe_key(recipe: Recipe) -> str:
@@ -282,8 +423,8 @@ def _recipe_key(recipe: Recipe) -> str:
 
 def _finish(tracker: Tracker, result: StudyResult, status: str) -> None:
     best = result.best
-    summary: dict[str, float] = {"trials_ok": len(result.trials) - len(result.failed),
-                                 "trials_failed": len(result.failed)}
+    summary: dict[str, float] = {"trials_ok": len(result.trials) - len(result.failed) - len(result.pruned),
+                                 "trials_failed": len(result.failed), "trials_pruned": len(result.pruned)}
     tags: dict[str, Any] = {}
     if best is not None:
         summary[f"best_{LOSS_METRIC}"] = best.loss  # type: ignore[assignment]
@@ -292,6 +433,7 @@ def _finish(tracker: Tracker, result: StudyResult, status: str) -> None:
     elif status == "FINISHED":
         status = "FAILED"
         tags["tuning.error"] = f"all {len(result.trials)} trials failed"
+    tags.update({"tuning.stop_reason": result.stop_reason, "tuning.stop_detail": result.stop_detail})
     tracker.log(result.run_id, metrics=summary, tags=tags)
     if status != "KILLED":  # whoever pressed Ctrl-C waits for no plots; a resumed study draws them
         from tuning.report import attach_report  # never raises: a plot must not fail a search
@@ -309,11 +451,6 @@ def _describe(recipe: Recipe, distributions: dict[str, Distribution]) -> dict[st
 def _source_name(recipe: Recipe) -> str:
     name = Path(recipe.template.filename).name
     return name if name.endswith(".py") and not name.startswith("<") else "model.py"
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars to Python values, so tags read ``64`` and Keras gets an ``int``."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def grid_size(distributions: dict[str, Distribution]) -> int | None:

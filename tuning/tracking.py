@@ -37,6 +37,7 @@ _log = logging.getLogger("tuning")
 DEFAULT_PATIENCE = 600.0  # seconds a tracking server may be away before the study stops
 SEND_INTERVAL = 1.0  # seconds over which per-epoch metrics are gathered into one request
 KIND_TAG = "tuning.kind"  # "study" or "trial": how queries tell our runs apart
+STRATEGY_TAG = "tuning.strategy"  # "pbt" on population based training studies, else absent
 LOSS_METRIC = "hyperopt_loss"  # the value handed to hyperopt, minimised
 _MAX_VALUE_LENGTH = 6000  # MLflow's limit for a param/tag value is 6000 characters
 

@@ -1,8 +1,9 @@
 """One trial: a child run, the user's model function, its metrics, model and loss.
 
 The run's status tells the truth: FINISHED, FAILED (the user's code raised, or the
-objective is NaN; the traceback is attached as ``error.txt``) or KILLED (interrupted).
-A failed trial is reported to hyperopt as ``status: fail`` and the search goes on.
+objective is NaN; the traceback is attached as ``error.txt``) or KILLED (interrupted, or
+pruned: then tagged ``tuning.pruned``). A failed trial is reported to hyperopt as
+``status: fail`` and the search goes on; a pruned one as its last measured loss.
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ import json
 import math
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import keras
+import numpy as np
+from hyperopt import pyll
 
 from tuning.errors import TrackingError
 from tuning.keras_callback import EpochLog, recording
+from tuning.pruners import Curve, Pruning
 from tuning.recipe import Recipe
 from tuning.template import assigned
-from tuning.tracking import LOSS_METRIC, Tracker, fluent_run
+from tuning.tracking import LOSS_METRIC, MetricSender, Tracker, fluent_run
 
 _ACCURACY_ALIASES = {"accuracy": ("acc", "categorical_accuracy", "sparse_categorical_accuracy",
                                   "binary_accuracy", "compile_metrics")}
@@ -31,6 +36,7 @@ class TrialStatus(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"
     KILLED = "killed"
+    PRUNED = "pruned"  # stopped between epochs by the study's pruner
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,19 @@ class Objective:
                     return source[name]
         return None
 
+    @property
+    def curve_keys(self) -> tuple[str, ...]:
+        """The epoch metrics a learning curve is read from, best first: validation, then training."""
+        names = (self.metric, *_ACCURACY_ALIASES.get(self.metric, ()))
+        if self.metric.startswith("val_"):
+            return names
+        return (*(f"val_{n}" for n in names), *names)
+
+    def epoch_loss(self, logs: dict[str, float]) -> float | None:
+        """The objective as measured on one epoch's logs, as a loss; None if not logged."""
+        value = next((logs[k] for k in self.curve_keys if k in logs), None)
+        return None if value is None else self.loss(value)
+
 
 @dataclass(frozen=True)
 class TrialResult:
@@ -77,9 +96,10 @@ class TrialResult:
     loss: float | None = None
     error: str | None = None
     seconds: float = 0.0
+    curve: Curve = ()  # the objective after each epoch, as a loss (what pruning compares)
 
     def to_hyperopt(self) -> dict[str, Any]:
-        if self.status is TrialStatus.OK:
+        if self.status in (TrialStatus.OK, TrialStatus.PRUNED):
             return {"status": "ok", "loss": self.loss, "run_id": self.run_id}
         return {"status": "fail", "run_id": self.run_id, "error": self.error}
 
@@ -105,14 +125,39 @@ class TrialSetup:
     log_model: bool = True
     quiet_fit: bool = False
     max_epochs: int | None = None
+    pruning: Pruning | None = None
     test: tuple[Any, Any] | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.test = self.recipe.test_data(self.data)
 
 
+def hyperopt_point(expr: Any, memo: dict[Any, Any], names: Iterable[str]
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trial's real values (in ``names`` order) and hyperopt's raw ones, from the memo
+    hyperopt hands an objective marked ``fmin_pass_expr_memo_ctrl``."""
+    raw = {node.arg["label"].obj: _plain(value) for node, value in memo.items()
+           if value is not pyll.base.GarbageCollected}
+    values = pyll.rec_eval(expr, memo=memo)
+    return {name: _plain(values[name]) for name in names}, raw
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python values, so tags read ``64`` and Keras gets an ``int``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 class TrialFailure(Exception):
     """The trial's outcome cannot be used (bad return value, NaN, missing metric)."""
+
+
+class TrialPruned(Exception):  # noqa: N818 - named as Optuna names it
+    """Raised between epochs, through ``fit`` and the user's code, to stop a pruned trial."""
+
+    def __init__(self, epoch: int, loss: float):
+        super().__init__(f"pruned after epoch {epoch}")
+        self.epoch = epoch
+        self.loss = loss
 
 
 def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[str, Any]) -> TrialResult:
@@ -125,9 +170,16 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
     setup.reporter.trial_started(number, run_id, params)
     sender = tracker.sender(run_id)
 
+    curve: list[float] = []
+
     def sink(step: int, metrics: dict[str, float]) -> None:
         sender.send(metrics, step)
         setup.reporter.epoch_ended(number, step, metrics)
+        loss = setup.objective.epoch_loss(metrics)
+        if loss is not None:
+            curve.append(loss)
+            if setup.pruning and setup.pruning.should_prune(number, tuple(curve), log.planned_epochs):
+                raise TrialPruned(step, loss)
 
     log = EpochLog(sink, quiet=setup.quiet_fit, max_epochs=setup.max_epochs)
     started = time.perf_counter()
@@ -137,13 +189,17 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
         with recording(log), assigned(params), fluent_run(run_id):
             returned = setup.recipe.model(*setup.data)
         model, loss, metrics = _outcome(returned, log, setup)
-        sender.close()
-        tracker.log(run_id, metrics={**metrics, LOSS_METRIC: loss}, step=len(log.epochs))
-        if setup.log_model and model is not None:
-            tracker.log_keras_model(setup.experiment_id, run_id, model, _sample(setup.test), params)
-        tracker.end_run(run_id, "FINISHED")
+        end_finished(setup, run_id, sender, model, params, {**metrics, LOSS_METRIC: loss},
+                     len(log.epochs))
         result = TrialResult(number, run_id, TrialStatus.OK, params, loss,
-                             seconds=time.perf_counter() - started)
+                             seconds=time.perf_counter() - started, curve=tuple(curve))
+    except TrialPruned as pruned:
+        sender.close()
+        tracker.log(run_id, metrics={LOSS_METRIC: pruned.loss}, step=pruned.epoch + 1,
+                    tags={"tuning.pruned": "true", "tuning.pruned_epoch": pruned.epoch})
+        tracker.end_run(run_id, "KILLED")
+        result = TrialResult(number, run_id, TrialStatus.PRUNED, params, pruned.loss,
+                             seconds=time.perf_counter() - started, curve=tuple(curve))
     except KeyboardInterrupt:
         _close_quietly(sender)
         tracker.end_run(run_id, "KILLED")
@@ -152,49 +208,82 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
         _close_quietly(sender)
         raise
     except Exception as error:  # noqa: BLE001 - the user's code failed: record it, search on
-        _close_quietly(sender)
-        message = f"{type(error).__name__}: {error}"
-        tracker.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
-        tracker.log(run_id, tags={"tuning.error": message})
-        tracker.end_run(run_id, "FAILED")
+        message = end_failed(tracker, run_id, sender, error)
         result = TrialResult(number, run_id, TrialStatus.FAILED, params, error=message,
                              seconds=time.perf_counter() - started)
     finally:
-        # Free the graph and weights of this trial so memory stays flat over many trials
-        # (clear_session also runs the garbage collector). JAX keeps every compiled
-        # function until asked; TensorFlow keeps its traced graphs regardless (see worker.py).
-        keras.backend.clear_session()
-        if keras.backend.backend() == "jax":
-            import jax
-
-            jax.clear_caches()
+        free_models()
     setup.reporter.trial_ended(result)
     return result
+
+
+def end_finished(setup: TrialSetup, run_id: str, sender: MetricSender, model: Any, params: dict[str, Any],
+                 metrics: dict[str, float], steps: int) -> None:
+    """Deliver a trial's last metrics (loss included) and its model; end its run FINISHED."""
+    sender.close()
+    setup.tracker.log(run_id, metrics=metrics, step=steps)
+    if setup.log_model and model is not None:
+        setup.tracker.log_keras_model(setup.experiment_id, run_id, model, _sample(setup.test), params)
+    setup.tracker.end_run(run_id, "FINISHED")
+
+
+def end_failed(tracker: Tracker, run_id: str, sender: MetricSender, error: BaseException) -> str:
+    """Attach the traceback (``error.txt``) and ``tuning.error``; end the run FAILED; the message."""
+    _close_quietly(sender)
+    message = f"{type(error).__name__}: {error}"
+    tracker.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
+    tracker.log(run_id, tags={"tuning.error": message})
+    tracker.end_run(run_id, "FAILED")
+    return message
+
+
+def free_models() -> None:
+    """Free the graphs and weights of finished models so memory stays flat over many trials.
+
+    clear_session also runs the garbage collector. JAX keeps every compiled function
+    until asked; TensorFlow keeps its traced graphs regardless (see worker.py).
+    """
+    keras.backend.clear_session()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.clear_caches()
 
 
 def _outcome(returned: Any, log: EpochLog, setup: TrialSetup) -> tuple[Any, float, dict[str, float]]:
     """The model to log, the loss for hyperopt and extra metrics, from what model() returned."""
     model, given_loss = _unpack(returned)
+    if given_loss is None:
+        return model, *measure(model, log.last, setup.objective, setup.test)
+    return model, _finite(float(given_loss)), {}
+
+
+def measure(model: Any, last_epoch: dict[str, float], objective: Objective,
+            test: tuple[Any, Any] | None) -> tuple[float, dict[str, float]]:
+    """The loss of a trained model and the metrics behind it (``test_*``, ``objective_*``).
+
+    A ``val_*`` objective is read from ``last_epoch``; others from ``model.evaluate`` on
+    ``test`` (falling back to ``last_epoch``).
+    """
     metrics: dict[str, float] = {}
-    if given_loss is not None:
-        loss = float(given_loss)
-    else:
-        measured: dict[str, float] = {}
-        if model is not None and setup.test is not None and not setup.objective.metric.startswith("val_"):
-            x, y = setup.test
-            measured = {k: float(v) for k, v in
-                        model.evaluate(x, y, verbose=0, return_dict=True).items()}
-            metrics.update({f"test_{k}": v for k, v in measured.items()})
-        value = setup.objective.find(measured, log.last)
-        if value is None:
-            available = sorted({*measured, *log.last}) or ["none: model() trained nothing"]
-            raise TrialFailure(f"objective {setup.objective.metric!r} was not measured; available "
-                               f"metrics: {', '.join(available)} (choose one with --objective)")
-        metrics[f"objective_{setup.objective.metric}"] = value
-        loss = setup.objective.loss(value)
+    measured: dict[str, float] = {}
+    if model is not None and test is not None and not objective.metric.startswith("val_"):
+        x, y = test
+        measured = {k: float(v) for k, v in model.evaluate(x, y, verbose=0, return_dict=True).items()}
+        metrics.update({f"test_{k}": v for k, v in measured.items()})
+    value = objective.find(measured, last_epoch)
+    if value is None:
+        available = sorted({*measured, *last_epoch}) or ["none: model() trained nothing"]
+        raise TrialFailure(f"objective {objective.metric!r} was not measured; available "
+                           f"metrics: {', '.join(available)} (choose one with --objective)")
+    metrics[f"objective_{objective.metric}"] = value
+    return _finite(objective.loss(value)), metrics
+
+
+def _finite(loss: float) -> float:
     if math.isnan(loss):
         raise TrialFailure("the objective is NaN (training diverged?)")
-    return model, loss, metrics
+    return loss
 
 
 def _unpack(returned: Any) -> tuple[Any, Any]:

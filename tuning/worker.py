@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from tuning.errors import RecipeError
-from tuning.trial import Objective, TrialResult, TrialSetup, TrialStatus, run_trial
+from tuning.trial import Objective, Reporter, TrialResult, TrialSetup, TrialStatus, run_trial
 
 _POLL = 0.2  # seconds between checks of a running trial
 
@@ -63,8 +63,9 @@ class _PipeReporter:
 
 
 @dataclass(frozen=True)
-class _WorkerSpec:
-    """What a worker needs to rebuild the study's TrialSetup: plain, picklable values."""
+class TrialSpec:
+    """What another process (a worker, a Spark executor) needs to rebuild the study's
+    TrialSetup: plain, picklable values."""
 
     recipe: str
     data_path: str | None
@@ -78,20 +79,37 @@ class _WorkerSpec:
     quiet_fit: bool
     max_epochs: int | None
 
+    @classmethod
+    def of(cls, setup: TrialSetup) -> TrialSpec:
+        filename = setup.recipe.template.filename
+        if filename.startswith("<") or not Path(filename).is_file():
+            raise RecipeError("trials in other processes (--trial-timeout, --trial-max-memory, "
+                              "--isolate, --parallelism) need a recipe file; this model was not "
+                              "read from one")
+        return cls(filename, setup.recipe.data_path, setup.tracker.uri, setup.tracker.patience.seconds,
+                   setup.experiment_id, setup.study_run_id, setup.objective, setup.seed,
+                   setup.log_model, setup.quiet_fit, setup.max_epochs)
+
+    def setup(self, reporter: Reporter) -> TrialSetup:
+        """Load the recipe and its data in this process: the study's TrialSetup again."""
+        from tuning.recipe import Recipe
+        from tuning.tracking import Tracker
+
+        recipe = Recipe.from_file(self.recipe)
+        if self.data_path:
+            recipe.use_data_file(self.data_path)
+        return TrialSetup(Tracker(self.tracking_uri, self.patience), self.experiment_id,
+                          self.study_run_id, recipe, recipe.load_data(), self.objective, reporter,
+                          seed=self.seed, log_model=self.log_model, quiet_fit=self.quiet_fit,
+                          max_epochs=self.max_epochs)
+
 
 class IsolatedRunner:
     """Runs trials one at a time in a watched worker process."""
 
     def __init__(self, setup: TrialSetup, limits: Limits):
-        filename = setup.recipe.template.filename
-        if filename.startswith("<") or not Path(filename).is_file():
-            raise RecipeError("trials in a worker process (--trial-timeout, --trial-max-memory, "
-                              "--isolate) need a recipe file; this model was not read from one")
         self._setup = setup
-        self._spec = _WorkerSpec(filename, setup.recipe.data_path, setup.tracker.uri,
-                                 setup.tracker.patience.seconds, setup.experiment_id,
-                                 setup.study_run_id, setup.objective, setup.seed, setup.log_model,
-                                 setup.quiet_fit, setup.max_epochs)
+        self._spec = TrialSpec.of(setup)
         self._limits = limits
         self._context = multiprocessing.get_context("spawn")  # forking TensorFlow is unsafe
         self._process: Any = None
@@ -102,7 +120,8 @@ class IsolatedRunner:
         if self._process is None or self._trials_in_worker >= self._limits.worker_trials:
             self.close()
             self._start()
-        self._connection.send(("trial", number, params, raw))
+        # The study's pruner state goes along: it knows every trial's curve so far.
+        self._connection.send(("trial", number, params, raw, self._setup.pruning))
         self._trials_in_worker += 1
         started, run_id = time.monotonic(), None
         try:
@@ -173,24 +192,15 @@ class IsolatedRunner:
         return result
 
 
-def _serve(connection: multiprocessing.connection.Connection, spec: _WorkerSpec) -> None:
+def _serve(connection: multiprocessing.connection.Connection, spec: TrialSpec) -> None:
     """The worker: load the recipe and data once, then run the trials it is sent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the study process's to handle
-    from tuning.recipe import Recipe
-    from tuning.tracking import Tracker
-
     try:
-        recipe = Recipe.from_file(spec.recipe)
-        if spec.data_path:
-            recipe.use_data_file(spec.data_path)
-        setup = TrialSetup(Tracker(spec.tracking_uri, spec.patience), spec.experiment_id,
-                           spec.study_run_id, recipe, recipe.load_data(), spec.objective,
-                           _PipeReporter(connection), seed=spec.seed, log_model=spec.log_model,
-                           quiet_fit=spec.quiet_fit, max_epochs=spec.max_epochs)
+        setup = spec.setup(_PipeReporter(connection))
     except Exception as error:  # noqa: BLE001 - reported to the study process
         connection.send(("error", "".join(traceback.format_exception_only(error)).strip()))
         return
     connection.send(("ready",))
     while (job := connection.recv()) is not None:
-        _, number, params, raw = job
+        _, number, params, raw, setup.pruning = job
         connection.send(("ended", run_trial(setup, number, params, raw)))

@@ -1,0 +1,126 @@
+"""Parallel trials on a real local Spark (hyperopt's SparkTrials), logging to a real server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+import tuning
+from tests.test_cli import TUNING
+
+pytestmark = pytest.mark.slow
+
+# The trial records, in its own run, the thread limit its Spark worker was started with.
+THREADS = '''
+import os
+
+import mlflow
+'''
+
+MODEL = '''
+def model(x_train, y_train, x_test, y_test):
+    mlflow.log_param("worker_threads", os.environ.get("TF_NUM_INTRAOP_THREADS"))
+    net = keras.Sequential([
+        keras.Input(shape=(64,)),
+        keras.layers.Dense(<<quniform(8, 32, 8)>>, activation="relu"),
+        keras.layers.Dropout(<<uniform(0, 0.5)>>),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    net.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    net.fit(x_train, y_train, epochs=EPOCHS, batch_size=32, validation_data=(x_test, y_test))
+    mlflow.log_metric("test_loss", net.evaluate(x_test, y_test, verbose=0)[0])
+    time.sleep(SLEEP)
+    return net
+'''
+
+
+@pytest.fixture
+def recipe(write_recipe):
+    def make(experiment: str, sleep: float = 0.0) -> Path:
+        return write_recipe(MODEL, epochs=2, extra=THREADS + f"import time\nEXPERIMENT = {experiment!r}\n"
+                                                  f"SLEEP = {sleep}\n")
+    return make
+
+
+def study_runs(server: str, experiment: str) -> tuple[list, list]:
+    client = MlflowClient(server)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    kind = lambda k: [r for r in runs if r.data.tags.get("tuning.kind") == k]  # noqa: E731
+    return kind("study"), kind("trial")
+
+
+def test_parallel_trials_log_like_serial_ones_and_resume(mlflow_server, recipe):
+    path = recipe("parallel")
+    first = tuning.minimize(path, max_evals=2, seed=3, parallelism=2, tracking_uri=mlflow_server,
+                            progress=False)
+    assert [t.status.value for t in first.trials] == ["ok", "ok"]
+    MlflowClient(mlflow_server).update_run(first.run_id, status="KILLED")  # as after a crash
+
+    study = tuning.minimize(path, max_evals=4, parallelism=2, tracking_uri=mlflow_server,
+                            progress=False, resume=True)
+    (parent,), trials = study_runs(mlflow_server, "parallel")
+    client = MlflowClient(mlflow_server)
+    assert study.run_id == parent.info.run_id and parent.info.status == "FINISHED"
+    assert parent.data.params["parallelism"] == "2" and parent.data.tags["tuning.resumes"] == "1"
+    assert sorted(int(r.data.tags["tuning.trial"]) for r in trials) == [1, 2, 3, 4]
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["Dense"] == run.data.params["Dense"]
+        assert "tuning_trial" not in run.data.params  # the hidden trial-number dimension
+        assert "tuning_trial" not in run.data.tags["tuning.hyperopt_vals"]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1]
+        assert run.data.metrics["hyperopt_loss"] == pytest.approx(-run.data.metrics["test_accuracy"])
+        assert run.outputs.model_outputs, "the trial's model is logged"
+        # 2 cores shared by 2 trials at a time: one thread each
+        assert run.data.params["worker_threads"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert parent.data.tags["tuning.best_run_id"] == study.best.run_id
+    loaded = tuning.load_best("parallel", tracking_uri=mlflow_server)
+    assert loaded.count_params() > 0
+
+
+def test_sigterm_cancels_running_trials_and_leaves_none_running(mlflow_server, recipe, tmp_path):
+    process = subprocess.Popen([TUNING, "run", str(recipe("stopped", sleep=600.0)), "--tracking-uri",
+                                mlflow_server, "--parallelism", "2", "--max-evals", "4", "--seed", "1"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(mlflow_server)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # until two trials run at once, both done training
+        experiment = client.get_experiment_by_name("stopped")
+        running = experiment and client.search_runs(
+            [experiment.experiment_id],
+            "tags.`tuning.kind` = 'trial' and attributes.status = 'RUNNING' and metrics.test_loss > 0")
+        if running and len(running) == 2:
+            break
+        time.sleep(1)
+    assert running and len(running) == 2, "two trials never ran at the same time"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "resume with: tuning run" in stderr
+    (parent,), trials = study_runs(mlflow_server, "stopped")
+    assert parent.info.status == "KILLED"
+    assert [r.info.status for r in trials] == ["KILLED", "KILLED"]
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--parallelism", "2"], {}, "start a tracking server"),  # the default sqlite store
+    (["--threads-per-trial", "1"], {}, "go with --parallelism N"),
+    (["--parallelism", "2", "--isolate"], {}, "does not combine with"),
+    (["--parallelism", "2", "--tracking-uri", "SERVER"], {"PATH": str(Path(sys.executable).parent),
+                                                          "JAVA_HOME": ""}, "Java 17"),
+], ids=["file-store", "threads-alone", "with-isolate", "no-java"])
+def test_parallel_mistakes_are_one_line_errors(mlflow_server, write_recipe, argv, env, message, tmp_path):
+    argv = [mlflow_server if a == "SERVER" else a for a in argv]
+    done = subprocess.run([TUNING, "run", str(write_recipe()), *argv], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,68 @@
+"""Why a study stops: its trial budget, or one of the limits a user set.
+
+``timeout`` stops starting trials once that many seconds have passed (a running trial
+finishes, as in Optuna and Talos); ``early_stop`` stops after that many trials in a row
+without a better objective (hyperopt's ``no_progress_loss``); ``target`` stops as soon as
+the objective reaches the value. The first rule that fires is the study's stop reason,
+kept on the study run as the ``tuning.stop_reason`` tag (and ``tuning.stop_detail``).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tuning.trial import Objective, TrialResult, TrialStatus
+
+
+class StopReason(enum.StrEnum):
+    MAX_EVALS = "max_evals"  # the trial budget is spent
+    GRID_DONE = "grid_done"  # every grid point ran
+    ROUNDS_DONE = "rounds_done"  # every round of population based training ran (tuning.pbt)
+    TIMEOUT = "timeout"
+    EARLY_STOP = "early_stop"
+    TARGET = "target"
+    INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM
+    TRACKING = "tracking"  # the tracking server stayed away past --patience
+
+
+@dataclass
+class StopRules:
+    """The user's study limits; ``check`` answers after every trial."""
+
+    objective: Objective
+    timeout: float | None = None
+    early_stop: int | None = None
+    target: float | None = None
+    reason: StopReason | None = None
+    detail: str = ""
+    _started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise ValueError(f"early_stop must be at least 1 trial, got {self.early_stop}")
+
+    def check(self, results: Sequence[TrialResult]) -> bool:
+        """True when the study should start no further trial; sets ``reason``."""
+        ok = [r for r in results if r.status is TrialStatus.OK and r.loss is not None]
+        best = min(ok, key=lambda r: (r.loss, r.number)) if ok else None
+        if self.target is not None and best is not None and best.loss <= self.objective.loss(self.target):
+            return self._stop(StopReason.TARGET, f"{self.objective.metric} reached {self.target:g} "
+                                                 f"in trial {best.number}")
+        if self.early_stop is not None:
+            since = len(results) - (results.index(best) + 1 if best is not None else 0)
+            if since >= self.early_stop:
+                return self._stop(StopReason.EARLY_STOP, f"{since} trials without a better "
+                                                         f"{self.objective.metric}")
+        elapsed = time.monotonic() - self._started
+        if self.timeout is not None and elapsed >= self.timeout:
+            return self._stop(StopReason.TIMEOUT, f"{elapsed:.0f} s passed (--timeout {self.timeout:g})")
+        return False
+
+    def _stop(self, reason: StopReason, detail: str) -> bool:
+        self.reason, self.detail = reason, detail
+        return True
