@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 from tuning.trial import TrialResult, TrialStatus
 
@@ -29,10 +38,11 @@ class RichReporter:
     def __init__(self, total: int, done: int = 0, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self.best: float | None = None
+        self._status = StatusColumn()
         self._progress = Progress(
             TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"), console=self.console, transient=True)
-        self._task = self._progress.add_task("trials", total=total, completed=done, status="")
+            self._status, console=self.console, transient=True)
+        self._task = self._progress.add_task("trials", total=total, completed=done)
 
     def __enter__(self) -> RichReporter:
         self._progress.start()
@@ -42,11 +52,13 @@ class RichReporter:
         self._progress.stop()
 
     def trial_started(self, number: int, run_id: str, params: dict[str, Any]) -> None:
-        self._progress.update(self._task, status=f"trial {number}: starting")
+        self._status.text = f"trial {number}: starting"
 
     def epoch_ended(self, number: int, step: int, metrics: dict[str, float]) -> None:
+        # Called in the training thread: only set the text, never wait for the bar's lock,
+        # which its refresh thread holds while it draws.
         shown = ", ".join(f"{k} {v:.4g}" for k, v in list(metrics.items())[:4])
-        self._progress.update(self._task, status=f"trial {number} · epoch {step + 1} · {shown}")
+        self._status.text = f"trial {number} · epoch {step + 1} · {shown}"
 
     def trial_ended(self, result: TrialResult) -> None:
         params = ", ".join(f"{k}={_short(v)}" for k, v in result.params.items())
@@ -58,7 +70,19 @@ class RichReporter:
         else:
             line = f"trial {result.number}: [red]{result.status.value}[/] {result.error or ''}"
         self.console.print(f"{line}\n  [dim]{params}[/]")
-        self._progress.update(self._task, advance=1, status="")
+        self._status.text = ""
+        self._progress.update(self._task, advance=1)
+
+
+class StatusColumn(ProgressColumn):
+    """The running trial and epoch: a plain attribute, read each time the bar is drawn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = ""
+
+    def render(self, task: Task) -> Text:
+        return Text(self.text)
 
 
 def _short(value: Any) -> str:
