@@ -1,7 +1,8 @@
-"""Parallel trials on a real local Spark (hyperopt's SparkTrials), logging to a real server."""
+"""Parallel trials on a real local Spark, logging to a real server."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -75,8 +76,7 @@ def test_parallel_trials_log_like_serial_ones_and_resume(mlflow_server, recipe):
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["Dense"] == run.data.params["Dense"]
-        assert "tuning_trial" not in run.data.params  # the hidden trial-number dimension
-        assert "tuning_trial" not in run.data.tags["tuning.hyperopt_vals"]
+        assert set(json.loads(run.data.tags["tuning.hyperopt_vals"])) == {"Dense", "Dropout"}
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1]
         assert run.data.metrics["hyperopt_loss"] == pytest.approx(-run.data.metrics["test_accuracy"])
         assert run.outputs.model_outputs, "the trial's model is logged"
@@ -85,6 +85,45 @@ def test_parallel_trials_log_like_serial_ones_and_resume(mlflow_server, recipe):
     assert parent.data.tags["tuning.best_run_id"] == study.best.run_id
     loaded = tuning.load_best("parallel", tracking_uri=mlflow_server)
     assert loaded.count_params() > 0
+
+
+def test_parallel_grid_runs_each_point_once_then_stops(mlflow_server, write_recipe):
+    path = write_recipe(MODEL.replace("<<uniform(0, 0.5)>>", "0.1"), epochs=1,
+                        extra=THREADS + "import time\nEXPERIMENT = 'grid'\nSLEEP = 0\n")
+    study = tuning.minimize(path, algo="grid", parallelism=2, tracking_uri=mlflow_server, progress=False)
+    (parent,), trials = study_runs(mlflow_server, "grid")
+    assert sorted(int(r.data.params["Dense"]) for r in trials) == [8, 16, 24, 32]
+    assert sorted(int(r.data.tags["tuning.trial"]) for r in trials) == [1, 2, 3, 4]
+    assert all(r.info.status == "FINISHED" for r in trials)
+    assert parent.data.tags["tuning.stop_reason"] == "grid_done"
+    assert study.stop_reason.value == "grid_done"
+
+
+CRASHING = '''
+def model(x_train, y_train, x_test, y_test):
+    units = <<choice([8, 16])>>
+    if units == 8:
+        os._exit(3)  # the Python worker dies, as when the kernel kills it for memory
+    net = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(units, activation="relu"),
+                            keras.layers.Dense(10, activation="softmax")])
+    net.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    net.fit(x_train, y_train, epochs=EPOCHS, batch_size=32)
+    return net
+'''
+
+
+def test_a_dead_spark_worker_fails_its_trial_and_the_study_goes_on(mlflow_server, write_recipe):
+    path = write_recipe(CRASHING, extra="import os\nEXPERIMENT = 'crash'\n")
+    study = tuning.minimize(path, algo="grid", parallelism=2, tracking_uri=mlflow_server, progress=False)
+    crashed, fine = sorted(study.trials, key=lambda t: t.number)
+    assert crashed.status.value == "failed" and "the Spark task failed" in crashed.error
+    assert fine.status.value == "ok" and study.best.number == fine.number
+    (parent,), trials = study_runs(mlflow_server, "crash")
+    assert parent.info.status == "FINISHED"
+    status = {r.data.params["units"]: r.info.status for r in trials}
+    assert status == {"8": "FAILED", "16": "FINISHED"}  # none left RUNNING
+    dead = next(r for r in trials if r.data.params["units"] == "8")
+    assert crashed.run_id == dead.info.run_id and dead.data.tags["tuning.error"] == crashed.error
 
 
 def test_sigterm_cancels_running_trials_and_leaves_none_running(mlflow_server, recipe, tmp_path):

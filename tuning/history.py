@@ -43,7 +43,7 @@ def rebuild(tracker: Tracker, experiment_id: str, study_run_id: str,
     results, docs = [], []
     for run in trial_runs(tracker, experiment_id, study_run_id):
         if run.info.status == "RUNNING":
-            _kill(tracker, run, "the process running it died")
+            _end(tracker, run, "the process running it died")
         result = _result(run)
         results.append(result)
         docs.append(_hyperopt_doc(result, json.loads(run.data.tags.get("tuning.hyperopt_vals", "{}"))))
@@ -55,15 +55,22 @@ def rebuild(tracker: Tracker, experiment_id: str, study_run_id: str,
     return results
 
 
-def end_orphans(tracker: Tracker, experiment_id: str, study_run_id: str, reason: str) -> None:
-    """End KILLED the trial runs of a study still RUNNING (their Spark tasks were cancelled)."""
-    for run in trial_runs(tracker, experiment_id, study_run_id, "attributes.status = 'RUNNING'"):
-        _kill(tracker, run, reason)
+def end_orphans(tracker: Tracker, experiment_id: str, study_run_id: str, reason: str,
+                status: str = "KILLED", number: int | None = None) -> list[str]:
+    """End the trial runs of a study still RUNNING (of trial ``number`` only, if given),
+    whose Spark tasks were cancelled or died; their ids."""
+    condition = "attributes.status = 'RUNNING'"
+    if number is not None:
+        condition += f" and tags.`tuning.trial` = '{number}'"
+    runs = list(trial_runs(tracker, experiment_id, study_run_id, condition))
+    for run in runs:
+        _end(tracker, run, reason, status)
+    return [run.info.run_id for run in runs]
 
 
-def _kill(tracker: Tracker, run: Run, reason: str) -> None:
+def _end(tracker: Tracker, run: Run, reason: str, status: str = "KILLED") -> None:
     tracker.log(run.info.run_id, tags={"tuning.error": reason})
-    tracker.end_run(run.info.run_id, "KILLED")
+    tracker.end_run(run.info.run_id, status)
 
 
 def _result(run: Run) -> TrialResult:

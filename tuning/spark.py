@@ -1,17 +1,11 @@
-"""Parallel trials on Apache Spark, through hyperopt's ``SparkTrials``.
+"""Parallel trials on Apache Spark.
 
-``--parallelism N`` runs N trials at a time. Each trial is one Spark task: the executor
-loads the recipe and its data once per Python worker, runs :func:`tuning.trial.run_trial`
-and logs straight to the tracking server (the same child run, tags, epoch metrics and
-model as a serial trial). The driver only proposes configurations and collects results.
+``--parallelism N`` runs N trials at a time. Each trial is one Spark job of one task: the
+executor loads the recipe and its data once per Python worker, runs
+:func:`tuning.trial.run_trial` and logs straight to the tracking server (the same child
+run, tags, epoch metrics and model as a serial trial). The driver proposes configurations
+with hyperopt, in hyperopt's ``Trials``, and collects the results (:class:`Dispatcher`).
 
-How this fits hyperopt:
-
-- ``SparkTrials`` cannot hand the objective its trial number, so the space gets one hidden
-  dimension, :data:`TRIAL_LABEL`, whose value the suggest wrapper :func:`numbered` sets to
-  hyperopt's trial id. (TPE treats dimensions one by one, so it changes no other choice.)
-- Results come back on the driver in the trial documents; :class:`Harvest` turns them
-  into :class:`~tuning.trial.TrialResult` as they arrive.
 - Each Python worker limits its thread pools (``TF_NUM_INTRAOP_THREADS`` …, set through
   ``spark.executorEnv.*``) so that N workers do not fight over the cores.
 
@@ -24,7 +18,9 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import os
+import queue
 import shutil
 import signal
 import sys
@@ -35,15 +31,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlparse
 
-from hyperopt import base, hp
+import numpy as np
+from hyperopt import Trials, base
+from hyperopt.utils import coarse_utcnow
 
+from tuning import history
 from tuning.errors import TrackingError, TuningError
 from tuning.progress import SilentReporter
 from tuning.pruners import Pruning
 from tuning.trial import TrialResult, TrialSetup, TrialStatus, hyperopt_point, run_trial
 from tuning.worker import TrialSpec
 
-TRIAL_LABEL = "tuning_trial"
 _SHARED_SCHEMES = ("http", "https", "databricks")  # stores that executors on other hosts reach
 INSTALL = ("--parallelism runs trials on Apache Spark, which needs pyspark and Java 17 or newer: "
            "pip install 'tuning[spark]' and apt-get install openjdk-17-jre-headless "
@@ -113,57 +111,96 @@ def _thread_limits(threads: int | None) -> dict[str, str]:
     return limits
 
 
-def trials(spark: Any, parallelism: int) -> Any:
-    from hyperopt import SparkTrials
+class Dispatcher:
+    """Runs hyperopt's suggestions as Spark jobs, N at a time, each as soon as a slot frees.
 
-    return SparkTrials(parallelism=parallelism, spark_session=spark)
-
-
-def numbered_space(space: dict[str, Any]) -> dict[str, Any]:
-    """The space with the hidden dimension that carries each trial's number to its executor."""
-    return {**space, TRIAL_LABEL: hp.uniform(TRIAL_LABEL, 0, 2**31)}
-
-
-def numbered(suggest: Callable[..., Any], trials: Any) -> Callable[..., Any]:
-    """``suggest``, with each new trial's hidden dimension set to its hyperopt id.
-
-    The trials already in ``trials`` (a resumed study's) get theirs now: hyperopt evaluates
-    the best of them in the whole space at the end.
+    hyperopt's own ``SparkTrials`` looks for new work once a second, in two loops (its
+    ``fmin`` and its dispatcher); with trials of a few seconds that idled each Spark slot
+    a second or more between trials. Here the driver waits on the trials' results
+    themselves: when one ends, its result goes into the hyperopt document (TPE learns from
+    it), the next configuration is suggested and its Spark job starts, all at once.
     """
-    for doc in trials._dynamic_trials:
-        _number(doc)
 
-    def suggest_numbered(new_ids: list[int], domain: Any, trials: Any, seed: int) -> list[dict[str, Any]]:
-        docs = suggest(new_ids, domain, trials, seed)
-        for doc in docs:
-            _number(doc)
-        return docs
-    return suggest_numbered
-
-
-def _number(doc: dict[str, Any]) -> None:
-    doc["misc"]["idxs"][TRIAL_LABEL] = [doc["tid"]]
-    doc["misc"]["vals"][TRIAL_LABEL] = [float(doc["tid"])]
-
-
-class SparkObjective:
-    """What a Spark task runs: one trial, in a Python worker that keeps the recipe and data."""
-
-    fmin_pass_expr_memo_ctrl = True  # hyperopt's Domain on the executor reads this
-
-    def __init__(self, setup: TrialSetup, names: list[str], pruning: Pruning | None):
+    def __init__(self, spark: Any, parallelism: int, setup: TrialSetup, names: list[str],
+                 pruning: Pruning | None):
+        self.spark = spark
+        self.parallelism = parallelism
+        self.setup = setup
         self.spec = replace(TrialSpec.of(setup), quiet_fit=True)  # no Keras output in executor logs
         self.names = names  # the recipe's order
         self.pruning = pruning  # pickled with each task: the curves known when it starts
+        self._ended: queue.Queue[tuple[dict[str, Any], TrialResult]] = queue.Queue()
 
-    def __call__(self, expr: Any, memo: dict[Any, Any], ctrl: Any) -> dict[str, Any]:
-        _let_spark_reuse_this_worker()
-        params, raw = hyperopt_point(expr, memo, self.names)
-        number = int(raw.pop(TRIAL_LABEL)) + 1
-        setup = _setup(self.spec)
-        setup.pruning = self.pruning
-        result = run_trial(setup, number, params, raw)
-        return {**result.to_hyperopt(), "trial": result}
+    def run(self, space: dict[str, Any], suggest: Callable[..., Any], trials: Trials, max_evals: int,
+            rng: np.random.Generator, ended: Callable[[TrialResult], bool]) -> None:
+        """Run trials until ``max_evals`` are in ``trials``, ``suggest`` has no more, or
+        ``ended`` (called on the driver with each result) says stop; running ones finish."""
+        domain = base.Domain(None, space)  # suggest functions read only the space
+        running, stopping = 0, False
+        while True:
+            while not stopping and running < self.parallelism and len(trials.trials) < max_evals:
+                docs = suggest(trials.new_trial_ids(1), domain, trials, rng.integers(2**31 - 1))
+                if not docs:  # a grid with no points left
+                    stopping = True
+                    break
+                self._start(domain, trials, docs[0])
+                running += 1
+            if running == 0:
+                return
+            doc, result = self._ended.get()
+            running -= 1
+            if result.status is TrialStatus.FAILED and not result.run_id:
+                result = self._lost(result)
+            doc["state"], doc["result"] = base.JOB_STATE_DONE, result.to_hyperopt()
+            doc["refresh_time"] = coarse_utcnow()
+            trials.refresh()
+            stopping = ended(result) or stopping
+
+    def _lost(self, result: TrialResult) -> TrialResult:
+        """A trial whose Spark task died: its run, if it has one, ends FAILED with the reason."""
+        setup = self.setup
+        ended = history.end_orphans(setup.tracker, setup.experiment_id, setup.study_run_id,
+                                    result.error or "", "FAILED", result.number)
+        return replace(result, run_id=ended[0]) if ended else result
+
+    def _start(self, domain: base.Domain, trials: Trials, doc: dict[str, Any]) -> None:
+        doc["state"] = base.JOB_STATE_RUNNING
+        doc["book_time"] = doc["refresh_time"] = coarse_utcnow()
+        trials.insert_trial_docs([doc])
+        trials.refresh()
+        number = doc["tid"] + 1
+        params, raw = hyperopt_point(domain.expr, domain.memo_from_config(base.spec_from_misc(doc["misc"])),
+                                     self.names)
+        task = functools.partial(_trial_task, self.spec, self.pruning, number, params, raw)
+
+        def job() -> None:
+            context = self.spark.sparkContext
+            context.setLocalProperty("spark.job.description", f"tuning trial {number}")
+            context.setLocalProperty("spark.job.interruptOnCancel", "true")  # Ctrl-C stops the trial
+            try:
+                result = context.parallelize([0], 1).mapPartitions(task).collect()[0]
+            except Exception as error:  # the task never ran or its worker died: Spark's message
+                last = str(error).strip().splitlines()[-1:] or [type(error).__name__]
+                result = TrialResult(number, "", TrialStatus.FAILED, params,
+                                     error=f"the Spark task failed: {last[0]}")
+            self._ended.put((doc, result))
+
+        from pyspark import InheritableThread  # pyspark's threads keep their job's properties
+
+        InheritableThread(target=job, daemon=True).start()
+
+
+def _trial_task(spec: TrialSpec, pruning: Pruning | None, number: int, params: dict[str, Any],
+                raw: dict[str, Any], partition: Iterator[int]) -> Iterator[TrialResult]:
+    """One trial, in a Spark task."""
+    for _ in partition:
+        # Read the input: Spark gives a Python worker its next task only after it read all
+        # of it (SPARK-26549); otherwise every trial would start a new Python and load
+        # TensorFlow and the data again.
+        pass
+    setup = _setup(spec)
+    setup.pruning = pruning
+    yield run_trial(setup, number, params, raw)
 
 
 _SETUPS: dict[TrialSpec, TrialSetup] = {}
@@ -175,52 +212,6 @@ def _setup(spec: TrialSpec) -> TrialSetup:
         _SETUPS.clear()  # another study: its data would only take memory
         _SETUPS[spec] = spec.setup(SilentReporter())
     return _SETUPS[spec]
-
-
-def _let_spark_reuse_this_worker() -> None:
-    """Read the task's input partition, which hyperopt's task function leaves unread.
-
-    Spark gives a Python worker to the next task only after the worker read all its input
-    (SPARK-26549); hyperopt's ``run_task_on_executor(_)`` never reads ``_``, so every trial
-    would start a new Python process and import TensorFlow and load the data again.
-    """
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_name != "run_task_on_executor":
-        frame = frame.f_back
-    if frame is not None and isinstance(partition := frame.f_locals.get("_"), Iterator):
-        for _ in partition:
-            pass
-
-
-class Harvest:
-    """Hands each trial that ended on an executor to ``record``, once, on the driver."""
-
-    def __init__(self, record: Callable[[TrialResult], None], trials: Any):
-        self._record = record
-        self._seen = {doc["tid"] for doc in trials.trials}  # a resumed study's earlier trials
-        self._lock = threading.Lock()
-
-    def __call__(self, trials: Any) -> None:
-        with self._lock:  # the dispatcher thread and the main thread both harvest
-            # _dynamic_trials holds every document, whatever the last refresh() saw
-            for doc in list(trials._dynamic_trials):
-                if doc["tid"] not in self._seen and doc["state"] in _ENDED:
-                    self._seen.add(doc["tid"])
-                    self._record(_result(doc))
-
-
-_ENDED = (base.JOB_STATE_DONE, base.JOB_STATE_ERROR, base.JOB_STATE_CANCEL)
-
-
-def _result(doc: dict[str, Any]) -> TrialResult:
-    if doc["state"] == base.JOB_STATE_DONE and "trial" in doc["result"]:
-        return doc["result"]["trial"]
-    if doc["state"] == base.JOB_STATE_CANCEL:
-        return TrialResult(doc["tid"] + 1, "", TrialStatus.KILLED, {}, error="cancelled with the study")
-    # hyperopt keeps the exception's type; Spark's log above shows the executor's traceback
-    kind, traceback = doc["misc"].get("error", ("an unknown error", None))
-    last = (traceback or "").strip().splitlines()[-1:] or [f"{kind} (its traceback is in the log above)"]
-    return TrialResult(doc["tid"] + 1, "", TrialStatus.FAILED, {}, error=f"the Spark task failed: {last[0]}")
 
 
 @contextmanager

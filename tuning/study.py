@@ -33,7 +33,16 @@ from tuning.recipe import Recipe
 from tuning.spark import Cluster
 from tuning.stopping import StopReason, StopRules
 from tuning.tracking import DEFAULT_PATIENCE, LOSS_METRIC, Tracker
-from tuning.trial import Objective, Reporter, TrialResult, TrialSetup, TrialStatus, hyperopt_point, run_trial
+from tuning.trial import (
+    Objective,
+    Reporter,
+    TrialResult,
+    TrialSetup,
+    TrialStatus,
+    hyperopt_point,
+    run_trial,
+    settle,
+)
 from tuning.worker import IsolatedRunner, Limits
 
 ALGORITHMS: dict[str, Callable[..., Any]] = {"tpe": tpe.suggest, "rand": rand.suggest,
@@ -226,7 +235,6 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
     if config.cluster is not None:
         spark.check_store(tracker.uri)
         session, own_session = spark.session(config.cluster)
-        trials = trials if trials is not None else spark.trials(session, config.cluster.parallelism)
     # With workers or executors, each loads the data itself; here it would only take memory.
     data = recipe.load_data() if config.limits is None and config.cluster is None else ()
     experiment_id = tracker.experiment_id(config.experiment)
@@ -257,45 +265,38 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
         for callback in callbacks:
             callback(result)
 
+    rng = np.random.default_rng(config.seed)
     runner: Callable[[int, dict[str, Any], dict[str, Any]], TrialResult] | None = None
-    harvest: spark.Harvest | None = None
     if session is None:
         runner = (functools.partial(run_trial, setup) if config.limits is None
                   else IsolatedRunner(setup, config.limits))
-        objective: Callable[..., Any] = _objective(runner, list(distributions), record)
+
+        def stop(trials: Trials, *state: Any) -> tuple[bool, tuple[Any, ...]]:
+            return rules.check(results), state
+
+        search: Callable[[], Any] = functools.partial(
+            fmin, _objective(runner, list(distributions), record), space, algo=suggest,
+            max_evals=config.max_evals, trials=trials, early_stop_fn=stop, rstate=rng,
+            show_progressbar=False, return_argmin=False)
         running: Any = nullcontext()
     else:
-        def harvested(result: TrialResult) -> None:
+        def ended(result: TrialResult) -> bool:
             record(result)
             reporter.trial_ended(result)  # the executors report nothing to this process
+            return rules.check(results)
 
-        harvest = spark.Harvest(harvested, trials)
-        objective = spark.SparkObjective(setup, list(distributions), pruning)
-        space, suggest = spark.numbered_space(space), spark.numbered(suggest, trials)
+        dispatcher = spark.Dispatcher(session, config.cluster.parallelism, setup, list(distributions),
+                                      pruning)
+        search = functools.partial(dispatcher.run, space, suggest, trials, config.max_evals, rng, ended)
         running = spark.cancelling_on_interrupt(session)
 
-    def stop(trials: Trials, *state: Any) -> tuple[bool, tuple[Any, ...]]:
-        if harvest is not None:
-            harvest(trials)
-        return rules.check(results), state
-
     logging.getLogger("hyperopt").setLevel(logging.WARNING)
-    logging.getLogger("hyperopt-spark").setLevel(logging.WARNING)
-    # Everything alive now (TensorFlow, MLflow, the data) lives as long as the study:
-    # moving it out of the collector's sight makes the collection after each trial
-    # take milliseconds instead of a third of a second.
-    gc.collect()
-    gc.freeze()
+    settle()  # until the study ends
     status, reason = "FAILED", StopReason.MAX_EVALS
     try:
         with reporter if isinstance(reporter, RichReporter) else nullcontext(), running, \
                 suppress(AllTrialsFailed):  # failed trials are reported in the result
-            fmin(objective, space, algo=suggest, max_evals=config.max_evals,
-                 trials=trials, early_stop_fn=stop,
-                 rstate=np.random.default_rng(config.seed), show_progressbar=False,
-                 return_argmin=False)
-            if harvest is not None:
-                harvest(trials)  # the trials that ended after the last check
+            search()
         status = "FINISHED"
         if rules.reason is not None:
             reason = rules.reason

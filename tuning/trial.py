@@ -9,6 +9,7 @@ pruned: then tagged ``tuning.pruned``). A failed trial is reported to hyperopt a
 from __future__ import annotations
 
 import enum
+import gc
 import json
 import math
 import time
@@ -248,6 +249,15 @@ def free_models() -> None:
         import jax
 
         jax.clear_caches()
+
+
+def settle() -> None:
+    """Move everything alive now (TensorFlow, MLflow, the recipe's data) out of the garbage
+    collector's sight. It lives as long as the process runs trials; without this, the
+    collection after each trial (``clear_session`` runs one) takes a third of a second
+    instead of milliseconds."""
+    gc.collect()
+    gc.freeze()
 
 
 def _outcome(returned: Any, log: EpochLog, setup: TrialSetup) -> tuple[Any, float, dict[str, float]]:

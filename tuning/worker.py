@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from tuning.errors import RecipeError
-from tuning.trial import Objective, Reporter, TrialResult, TrialSetup, TrialStatus, run_trial
+from tuning.trial import Objective, Reporter, TrialResult, TrialSetup, TrialStatus, run_trial, settle
 
 _POLL = 0.2  # seconds between checks of a running trial
 
@@ -98,10 +98,12 @@ class TrialSpec:
         recipe = Recipe.from_file(self.recipe)
         if self.data_path:
             recipe.use_data_file(self.data_path)
-        return TrialSetup(Tracker(self.tracking_uri, self.patience), self.experiment_id,
-                          self.study_run_id, recipe, recipe.load_data(), self.objective, reporter,
-                          seed=self.seed, log_model=self.log_model, quiet_fit=self.quiet_fit,
-                          max_epochs=self.max_epochs)
+        setup = TrialSetup(Tracker(self.tracking_uri, self.patience), self.experiment_id,
+                           self.study_run_id, recipe, recipe.load_data(), self.objective, reporter,
+                           seed=self.seed, log_model=self.log_model, quiet_fit=self.quiet_fit,
+                           max_epochs=self.max_epochs)
+        settle()  # this process lives for its trials
+        return setup
 
 
 class IsolatedRunner:
