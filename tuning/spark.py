@@ -5,9 +5,8 @@ executor loads the recipe and its data once per Python worker, runs
 :func:`tuning.trial.run_trial` and logs straight to the tracking server (the same child
 run, tags, epoch metrics and model as a serial trial). The driver proposes configurations
 with hyperopt, in hyperopt's ``Trials``, and collects the results (:class:`Dispatcher`).
-
-- Each Python worker limits its thread pools (``TF_NUM_INTRAOP_THREADS`` …, set through
-  ``spark.executorEnv.*``) so that N workers do not fight over the cores.
+Each Python worker limits its thread pools (``TF_NUM_INTRAOP_THREADS`` …, set through
+``spark.executorEnv.*``) so that N workers do not fight over the cores.
 
 Example::
 
