@@ -215,7 +215,7 @@ def _setup(spec: TrialSpec) -> TrialSetup:
 
 @contextmanager
 def cancelling_on_interrupt(spark: Any) -> Iterator[None]:
-    """Ctrl-C and SIGTERM cancel the running Spark jobs at once (hyperopt would wait for them)."""
+    """Ctrl-C and SIGTERM cancel the running Spark jobs at once (else they would train on to their end)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
