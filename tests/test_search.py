@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 import tuning
 from tests.test_cli import TUNING
 from tests.test_study import runs
-from tuning.grid import Grid
+from tuning.grid import Grid, grid_size
 from tuning.pruners import HyperbandPruner, MedianPruner, PastTrial
 from tuning.stopping import StopReason, StopRules
 from tuning.template import Template
@@ -75,6 +75,15 @@ def test_grid_refuses_a_continuous_marker_naming_it_and_its_line():
     template = Template.from_source("def model():\n    a = <<choice([1, 2])>>\n    b = <<uniform(0, 1)>>\n")
     with pytest.raises(tuning.TemplateError, match=r"<string>:3: .*'b' is uniform\(0, 1\).*quniform"):
         Grid(template, template.distributions())
+
+
+def test_space_of_the_digits_recipe(write_recipe):
+    template = Template.from_file(write_recipe())
+    distributions = template.distributions()
+    assert list(distributions) == ["Dense", "activation", "Dropout", "batch_size"]
+    assert grid_size(distributions) is None
+    del distributions["Dropout"]
+    assert grid_size(distributions) == 4 * 2 * 2
 
 
 def test_grid_runs_every_combination_once_and_resumes_where_it_stopped(write_recipe, store):

@@ -11,8 +11,6 @@ import pytest
 from mlflow import MlflowClient
 
 import tuning
-from tuning.study import grid_size
-from tuning.template import Template
 
 
 def runs(store: str, experiment: str = "recipe") -> tuple:
@@ -185,15 +183,6 @@ def test_keras_state_is_cleared_between_trials(write_recipe, store):
     ''')
     study = tuning.minimize(recipe, max_evals=3, tracking_uri=store, progress=False)
     assert [t.loss for t in study.trials] == [0.0, 0.0, 0.0]
-
-
-def test_space_of_the_digits_recipe(write_recipe):
-    template = Template.from_file(write_recipe())
-    distributions = template.distributions()
-    assert list(distributions) == ["Dense", "activation", "Dropout", "batch_size"]
-    assert grid_size(distributions) is None
-    del distributions["Dropout"]
-    assert grid_size(distributions) == 4 * 2 * 2
 
 
 WITH_BLOCK = """

@@ -223,8 +223,8 @@ def _print_study(study: Any) -> None:
 @friendly
 def space(recipe: str) -> None:
     """Print RECIPE's search space: names, distributions, lines, grid size."""
+    from tuning.grid import grid_size
     from tuning.recipe import Recipe
-    from tuning.study import grid_size
 
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored

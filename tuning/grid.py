@@ -38,7 +38,7 @@ class Grid:
         self._names = list(distributions)
         self._kinds = [distributions[n].kind for n in self._names]
         self._values = [_values(template, name, d) for name, d in distributions.items()]
-        self.size = math.prod(len(v) for v in self._values)
+        self.size = math.prod(map(len, self._values))
         if fraction == 1:
             self._order: Any = range(self.size)
         else:
@@ -66,6 +66,12 @@ class Grid:
             number, digit = divmod(number, len(values))
             digits.append(digit)
         return digits[::-1]
+
+
+def grid_size(distributions: dict[str, Distribution]) -> int | None:
+    """How many combinations the space has, or None when a parameter is continuous."""
+    values = [d.grid for d in distributions.values()]
+    return None if None in values else math.prod(map(len, values))
 
 
 def _values(template: Template, name: str, distribution: Distribution) -> list[Any]:

@@ -452,15 +452,3 @@ def _describe(recipe: Recipe, distributions: dict[str, Distribution]) -> dict[st
 def _source_name(recipe: Recipe) -> str:
     name = Path(recipe.template.filename).name
     return name if name.endswith(".py") and not name.startswith("<") else "model.py"
-
-
-def grid_size(distributions: dict[str, Distribution]) -> int | None:
-    """How many combinations the space has, or None when a parameter is continuous."""
-    size = 1
-    for d in distributions.values():
-        values = d.grid
-        if values is None:
-            return None
-        size *= len(values)
-    return size
-
