@@ -1,6 +1,7 @@
 """What pruning saves: the same trial budget on the MNIST conv net, with and without pruning.
 
-    .venv/bin/python bench/pruning.py                                  # 3 seeds, ~45 min
+    .venv/bin/python bench/pruning.py                                  # 3 seeds, ~65 min
+    .venv/bin/python bench/pruning.py --prune none,median,hyperband    # the median rule too
     .venv/bin/python bench/pruning.py --seeds 1 --trials 6 --epochs 3  # a quick look
 
 Each study is one ``tuning run`` of ``recipes/mnist_cnn.py`` (its own process, as a user
@@ -41,11 +42,11 @@ TUNING = str(Path(sys.executable).parent / "tuning")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated search seeds")
-    parser.add_argument("--trials", type=int, default=12, help="trials per study (--max-evals)")
-    parser.add_argument("--epochs", type=int, default=9, help="the recipe's EPOCHS for this benchmark")
-    parser.add_argument("--train", type=int, default=6000, help="training images used")
-    parser.add_argument("--test", type=int, default=2000, help="test (and validation) images used")
-    parser.add_argument("--prune", default="none,median,hyperband", help="settings, none first")
+    parser.add_argument("--trials", type=int, default=24, help="trials per study (--max-evals)")
+    parser.add_argument("--epochs", type=int, default=27, help="the recipe's EPOCHS for this benchmark")
+    parser.add_argument("--train", type=int, default=2000, help="training images used")
+    parser.add_argument("--test", type=int, default=1000, help="test (and validation) images used")
+    parser.add_argument("--prune", default="none,hyperband", help="settings, none first")
     parser.add_argument("--mnist-data", default=os.environ.get("TUNING_MNIST_NPZ", str(DEFAULT_MNIST)))
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args()
