@@ -15,6 +15,9 @@ from mlflow import MlflowClient
 
 import tuning
 from tests.test_cli import TUNING
+from tests.test_search import LEARNING_RATE_MODEL
+from tuning.pruners import MedianPruner
+from tuning.trial import TrialStatus
 
 pytestmark = pytest.mark.slow
 
@@ -124,6 +127,20 @@ def test_a_dead_spark_worker_fails_its_trial_and_the_study_goes_on(mlflow_server
     assert status == {"8": "FAILED", "16": "FINISHED"}  # none left RUNNING
     dead = next(r for r in trials if r.data.params["units"] == "8")
     assert crashed.run_id == dead.info.run_id and dead.data.tags["tuning.error"] == crashed.error
+
+
+def test_a_spark_trial_is_pruned_by_the_curves_of_the_trials_before_it(mlflow_server, write_recipe):
+    path = write_recipe(LEARNING_RATE_MODEL, epochs=3, extra="EXPERIMENT = 'pruned'\n")
+    # One slot: trial 2's task starts after trial 1 ended, and carries its curve to the executor.
+    study = tuning.minimize(path, algo="grid", parallelism=1, tracking_uri=mlflow_server, progress=False,
+                            objective="val_accuracy", prune=MedianPruner(startup_trials=1))
+    assert [t.status for t in sorted(study.trials, key=lambda t: t.number)] == [TrialStatus.OK,
+                                                                                 TrialStatus.PRUNED]
+    (parent,), (good, hopeless) = study_runs(mlflow_server, "pruned")
+    assert good.info.status == "FINISHED" and good.data.params["learning_rate"] == "0.5"
+    assert hopeless.info.status == "KILLED" and hopeless.data.params["learning_rate"] == "1e-09"
+    assert hopeless.data.tags["tuning.pruned"] == "true" and hopeless.data.tags["tuning.pruned_epoch"] == "0"
+    assert parent.data.metrics["trials_pruned"] == 1 and study.best.run_id == good.info.run_id
 
 
 def test_sigterm_cancels_running_trials_and_leaves_none_running(mlflow_server, recipe, tmp_path):
