@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tuning.ui import server_environment
+
 
 def start_server(folder: Path, store: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """A real ``mlflow server`` over ``store`` (default: a new sqlite file in ``folder``) with
@@ -27,7 +29,7 @@ def start_server(folder: Path, store: str | None = None) -> tuple[subprocess.Pop
          "--backend-store-uri", store or f"sqlite:///{folder / 'server.db'}",
          "--artifacts-destination", str(folder / "artifacts")],
         cwd=folder, stdout=(folder / "server.log").open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True)  # its own process group, so its workers stop with it
+        start_new_session=True, env=server_environment())  # own process group: its workers stop with it
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:

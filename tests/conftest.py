@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tuning.ui import server_environment
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -91,7 +93,7 @@ def start_server(folder: Path, port: int, *extra: str, env: dict[str, str] | Non
          "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
          "--artifacts-destination", str(folder / "artifacts"), *extra],
         cwd=folder, stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT,
-        start_new_session=True, env={**os.environ, **(env or {})})
+        start_new_session=True, env={**server_environment(), **(env or {})})
     deadline = time.monotonic() + 120
     while True:
         try:
