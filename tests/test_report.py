@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
@@ -205,31 +206,13 @@ def test_ui_serves_the_default_store_of_the_working_folder(study):
         assert experiment is not None and experiment.experiment_id == study.experiment_id
         assert client.get_run(study.run_id).data.tags["tuning.kind"] == "study"
         # MLflow's GenAI job consumers (about 20 CPU-seconds at start) are left off.
-        assert not [c for c in _descendants(process.pid) if "huey" in c]
+        commands = [" ".join(p.cmdline()) for p in psutil.Process(process.pid).children(recursive=True)]
+        assert not [c for c in commands if "huey" in c]
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     with pytest.raises(OSError):  # the server and its workers are gone with it
         socket.create_connection(("127.0.0.1", port), timeout=2)
-
-
-def _descendants(pid: int) -> list[str]:
-    """The command lines of the processes below ``pid``, from /proc."""
-    parents, commands = {}, {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                commands[int(entry.name)] = (entry / "cmdline").read_text().replace("\0", " ")
-            except OSError:  # it ended meanwhile
-                continue
-    found, below = [], [pid]
-    while below:
-        parent = below.pop()
-        children = [p for p, q in parents.items() if q == parent]
-        found += [commands[c] for c in children]
-        below += children
-    return found
 
 
 def test_ui_on_a_taken_port_exits_1(tmp_path):
