@@ -78,16 +78,17 @@ def _summary(rows: list[dict]) -> str:
     lines = ["| setting | studies | trials/min (median) | ratio to parallelism 1 "
              "| between trials: trials/min, ratio | study s (median) | process s (median) |",
              "|---|---|---|---|---|---|---|"]
-    rate = {s: statistics.median(r["per_minute"] for r in rows if r["setting"] == s) for s in SETTINGS}
-    between = {s: statistics.median(r["between_per_minute"] for r in rows if r["setting"] == s)
-               for s in SETTINGS}
-    for setting in SETTINGS:
-        mine = [r for r in rows if r["setting"] == setting]
-        lines.append(f"| {setting} | {len(mine)} | {rate[setting]:.1f} "
-                     f"| {rate[setting] / rate['parallelism 1']:.2f} "
-                     f"| {between[setting]:.1f}, {between[setting] / between['parallelism 1']:.2f} "
-                     f"| {statistics.median(r['study_s'] for r in mine):.1f} "
-                     f"| {statistics.median(r['process_s'] for r in mine):.1f} |")
+    median = {s: {key: statistics.median(r[key] for r in rows if r["setting"] == s)
+                  for key in ("per_minute", "between_per_minute", "study_s", "process_s")}
+              for s in SETTINGS}
+    base = median["parallelism 1"]
+    for setting, m in median.items():
+        studies = sum(r["setting"] == setting for r in rows)
+        lines.append(f"| {setting} | {studies} | {m['per_minute']:.1f} "
+                     f"| {m['per_minute'] / base['per_minute']:.2f} "
+                     f"| {m['between_per_minute']:.1f}, "
+                     f"{m['between_per_minute'] / base['between_per_minute']:.2f} "
+                     f"| {m['study_s']:.1f} | {m['process_s']:.1f} |")
     return "\n".join(lines)
 
 
