@@ -97,3 +97,56 @@ def _auth_config(folder: Path) -> Path:
                     f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
                     "admin_username = admin\n")
     return path
+
+
+def test_data_that_does_not_fit_the_model_is_one_error_before_any_trial(write_recipe, store):
+    recipe = write_recipe(header="import keras\n\ndef data():\n    return 1, 2, 3\n", model=TINY_MODEL,
+                          extra='OPTIMIZER = "adam"\n')
+    result = CliRunner().invoke(main, ["run", str(recipe), "--tracking-uri", store])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ("data() returned 3 item(s), but model(x_train, y_train, x_test, y_test) takes them as its "
+            "arguments") in result.output
+    assert MlflowClient(store).get_experiment_by_name("recipe") is None  # nothing was started
+
+
+def test_a_model_that_returns_nothing_stops_the_study_at_its_first_trial(write_recipe, store):
+    recipe = write_recipe(model=TINY_MODEL.replace("    return net\n", "    net = net  # no return\n"),
+                          extra='OPTIMIZER = "adam"\n')
+    result = CliRunner().invoke(main, ["run", str(recipe), "--tracking-uri", store, "--max-evals", "5"])
+    assert result.exit_code == 1 and "model() returned None: end it with `return model`" in result.output
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("recipe").experiment_id])
+    statuses = sorted((r.data.tags["tuning.kind"], r.info.status) for r in runs)
+    assert statuses == [("study", "FAILED"), ("trial", "FAILED")]  # one trial, not five
+
+
+SIGNAL_IN_START_UP = '''
+import gc, os, signal, time
+
+_sent = []
+
+
+def _collect(phase, info):
+    # SIGTERM while the garbage collector runs a callback (TensorFlow registers some, and
+    # start-up collects often): Python drops an exception raised there.
+    if phase == "start" and not _sent:
+        _sent.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs here, inside the callback
+
+
+gc.callbacks.append(_collect)
+gc.collect()
+gc.callbacks.remove(_collect)
+'''
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_stops_the_study(write_recipe, store, tmp_path):
+    recipe = write_recipe(model=TINY_MODEL, extra='OPTIMIZER = "adam"\n' + SIGNAL_IN_START_UP)
+    run = subprocess.run([TUNING, "run", str(recipe), "--tracking-uri", store, "--max-evals", "2"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert "Exception ignored" in run.stderr  # the signal's exception was indeed dropped by Python
+    assert run.returncode == 130 and "interrupted" in run.stderr
+    assert MlflowClient(store).get_experiment_by_name("recipe") is None  # no trial trained

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_run_then_best_in_a_fresh_folder_with_the_default_store(write_recipe, tm
     assert (tmp_path / "mlflow.db").exists()  # MLflow's own default, so `mlflow ui` here shows it
     assert "study digits" in run.stdout and "2 trials finished, 0 failed" in run.stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in run.stdout
-    assert "tuning.load_best('digits')" in run.stdout
+    best_id = re.search(r"tuning.load_best\('([0-9a-f]{32})'\)", run.stdout).group(1)
     assert "trial 1: loss" in run.stderr and "trial 2: loss" in run.stderr  # progress lines
 
     best = subprocess.run([TUNING, "best", "digits", "--top", "5"], cwd=tmp_path, env=env,
@@ -124,3 +125,4 @@ def test_run_then_best_in_a_fresh_folder_with_the_default_store(write_recipe, tm
     first, second = (best.stdout.index(r.info.run_id) for r in trials)
     assert first < second  # sorted by the objective, best first
     assert f"runs:/{trials[0].info.run_id}/model" in best.stdout
+    assert best_id == trials[0].info.run_id  # the reload command printed by `run` names the best

@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import keras
+import mlflow
+import mlflow.keras
 import pytest
 from hyperas.distributions import choice  # noqa: F401 - as hyperas scripts do, for linters
 from hyperopt import STATUS_OK, Trials, rand, tpe
 from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 
+import tuning
 from tuning import optim
 
 HYPERAS_SCRIPT = Path(__file__).parent / "data" / "hyperas_script.py"
@@ -82,3 +86,181 @@ def test_a_hyperas_script_runs_with_one_import_changed(tmp_path):
         assert run_.data.params["optimizer"] in {"rmsprop", "adam", "sgd"}
         assert run_.data.params["Dropout_2"] in {"three", "four"}
         assert run_.info.status == "FINISHED"
+
+
+def scoped_data():
+    """hyperas pastes this body above the model: ``hidden`` is a global of the model."""
+    hidden = 8  # noqa: F841 - read by the model, as in hyperas
+    x_train, y_train, x_test, y_test = data()
+    return x_train[:300], y_train[:300], x_test, y_test
+
+
+def uses_data_names(x_train, y_train, x_test, y_test):
+    net = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(hidden),  # noqa: F821 - from data()
+                            keras.layers.Dense(10, activation={{choice(["softmax"])}})])
+    net.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    net.fit(x_train, y_train, epochs=1, verbose=0)
+    _, accuracy = net.evaluate(x_test, y_test, verbose=0)
+    return {"loss": -accuracy, "status": STATUS_OK, "extra": "kept"}  # no model: the fitted one is logged
+
+
+def test_names_data_defines_are_globals_of_the_model_and_an_unreturned_model_is_logged(tmp_path):
+    trials = Trials()
+    best_run, best_model = optim.minimize(model=uses_data_names, data=scoped_data, algo=rand.suggest,
+                                          max_evals=2, trials=trials, verbose=False)
+    assert best_run == {"activation": 0}
+    assert best_model.layers[0].units == 8  # the model data()'s hidden built, reloaded from MLflow
+    # The rest of model()'s dict stays in trials.results, as hyperopt keeps it.
+    assert [r["extra"] for r in trials.results] == ["kept", "kept"]
+    assert "hidden" not in globals()  # the script's own module is left alone
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("test_optim").experiment_id],
+                              "tags.`tuning.kind` = 'trial'")
+    assert len(runs) == 2 and all(r.outputs.model_outputs for r in runs)
+
+
+def always_fails(x_train, y_train, x_test, y_test):
+    units = {{choice([4, 8])}}
+    return units / 0
+
+
+def test_when_every_trial_fails_the_users_own_exception_is_raised():
+    with pytest.raises(ZeroDivisionError) as raised:
+        optim.minimize(model=always_fails, data=data, algo=rand.suggest, max_evals=2, trials=Trials(),
+                       verbose=False)
+    frames = [f for f in traceback.extract_tb(raised.value.__traceback__) if f.name == "always_fails"]
+    assert frames and frames[-1].line == "return units / 0"  # the traceback points at the user's line
+
+
+def test_the_store_and_experiment_set_with_mlflows_own_calls_are_used_by_every_search(tmp_path):
+    store = f"sqlite:///{tmp_path}/chosen.db"
+    mlflow.set_tracking_uri(store)  # as the tutorial (or a hosted service's init()) does
+    mlflow.set_experiment("MNIST hyperas")
+    for _ in range(2):  # a second search in the same process goes to the same place
+        optim.minimize(model=create_model, data=data, algo=rand.suggest, max_evals=1, trials=Trials(),
+                       verbose=False)
+    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("test_optim") is None
+    assert mlflow.get_tracking_uri() == store and os.environ["MLFLOW_TRACKING_URI"] == store
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("MNIST hyperas").experiment_id])
+    studies = [r for r in runs if r.data.tags["tuning.kind"] == "study"]
+    assert len(studies) == 2 and len(runs) == 4  # two studies, each with its trial
+
+    # An explicit argument wins, and leaves the user's setting as it was.
+    other = f"sqlite:///{tmp_path}/other.db"
+    tuning.minimize(create_model, data, algo="rand", max_evals=1, tracking_uri=other, experiment="x",
+                    progress=False)
+    client = MlflowClient(other)
+    assert len(client.search_runs([client.get_experiment_by_name("x").experiment_id])) == 2
+    assert mlflow.get_tracking_uri() == store
+
+
+def test_a_variable_set_store_survives_a_second_search(tmp_path, monkeypatch):
+    store = f"sqlite:///{tmp_path}/from_env.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from_env")
+    for _ in range(2):
+        tuning.minimize(create_model, data, algo="rand", max_evals=1, progress=False, log_model=False)
+    assert os.environ["MLFLOW_TRACKING_URI"] == store
+    client = MlflowClient(store)
+    assert len(client.search_runs([client.get_experiment_by_name("from_env").experiment_id])) == 4
+    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("test_optim") is None
+
+
+def test_a_search_inside_an_active_run_nests_under_it(tmp_path):
+    store = f"sqlite:///{tmp_path}/nb.db"
+    mlflow.set_tracking_uri(store)
+    mlflow.set_experiment("notebook")
+    with mlflow.start_run() as outer:
+        study = tuning.minimize(tutorial_style, data, algo="rand", max_evals=2, progress=False)
+        assert mlflow.active_run().info.run_id == outer.info.run_id  # the user's run is theirs again
+    client = MlflowClient(store)
+    assert client.get_run(study.run_id).data.tags["mlflow.parentRunId"] == outer.info.run_id
+    assert study.experiment == "notebook"
+    for trial in study.trials:  # the model's own mlflow.start_run() went into the trial's run
+        run = client.get_run(trial.run_id)
+        assert run.info.status == "FINISHED" and run.data.metrics["by_hand"] == 1.0
+    assert client.get_run(outer.info.run_id).info.status == "FINISHED"
+
+
+def tutorial_style(x_train, y_train, x_test, y_test):
+    units = {{choice([4, 8])}}
+    with mlflow.start_run():
+        mlflow.log_metric("by_hand", 1.0)
+    return {"loss": -units, "status": STATUS_OK}
+
+
+def picks_a_layer(x_train, y_train, x_test, y_test):
+    # Built once with the space, as hyperas builds it, a layer would clash by name with the
+    # Activation below after clear_session(), and carry its weights into the next trial.
+    net = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(8), keras.layers.Activation("relu"),
+                            {{choice([keras.layers.Activation("linear"), keras.layers.Dropout(0.5)])}},
+                            keras.layers.Dense(10, activation="softmax")])
+    net.compile(optimizer={{choice(["adam", keras.optimizers.SGD(learning_rate=0.1)])}},
+                loss="categorical_crossentropy", metrics=["accuracy"])
+    net.fit(x_train[:200], y_train[:200], epochs=1, verbose=0)
+    BUILT.append((net.layers[2], net.optimizer))
+    return net
+
+
+BUILT: list = []
+
+
+def test_a_choice_of_objects_builds_them_afresh_for_every_trial(tmp_path):
+    trials = Trials()
+    best_run, _, space = optim.minimize(model=picks_a_layer, data=data, algo=rand.suggest, max_evals=6,
+                                        trials=trials, verbose=False, return_space=True)
+    assert all(r["status"] == "ok" for r in trials.results)
+    layers, optimizers = zip(*BUILT, strict=True)
+    assert len({id(layer) for layer in layers}) == 6 and len({id(o) for o in optimizers}) == 6
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("test_optim").experiment_id],
+                              "tags.`tuning.kind` = 'trial'")
+    # Params and tags hold the option as written, never an object's repr.
+    assert {r.data.params["choice"] for r in runs} <= {'keras.layers.Activation("linear")',
+                                                          "keras.layers.Dropout(0.5)"}
+    assert {r.data.tags["optimizer"] for r in runs} <= {"adam", "keras.optimizers.SGD(learning_rate=0.1)"}
+    assert len({r.data.params["choice"] for r in runs} | {r.data.params["optimizer"] for r in runs}) >= 3
+
+
+TUTORIAL_SCRIPT = Path(__file__).parent / "data" / "mlflow_tutorial.py"
+
+
+@pytest.mark.slow
+def test_the_mlflow_tutorial_script_logs_to_the_server_and_experiment_it_chose(tmp_path, mlflow_server):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(name, None)
+    run = subprocess.run([sys.executable, str(TUTORIAL_SCRIPT), mlflow_server], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not list(tmp_path.iterdir())  # nothing in ./mlflow.db: all of it went to the server
+    assert "best model: Sequential" in run.stdout
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("MNIST hyperas")
+    runs = client.search_runs([experiment.experiment_id])
+    (study,) = [r for r in runs if r.data.tags["tuning.kind"] == "study"]
+    trials = [r for r in runs if r.data.tags["tuning.kind"] == "trial"]
+    assert len(runs) == 3 and study.info.status == "FINISHED"
+    for trial in trials:  # the tutorial's own calls landed in the trial's run, beside ours
+        assert trial.info.status == "FINISHED"
+        assert trial.data.tags["mlflow.parentRunId"] == study.info.run_id
+        assert trial.data.tags["f1"] == trial.data.params["f1"]  # its set_tags, our params
+        assert trial.data.metrics["accuracy"] == pytest.approx(-trial.data.metrics["hyperopt_loss"])
+        (model,) = trial.outputs.model_outputs  # its log_model; ours is not logged twice
+        assert client.get_logged_model(model.model_id).name == "model"
+        mlflow.set_tracking_uri(mlflow_server)
+        assert mlflow.keras.load_model(f"runs:/{trial.info.run_id}/model").count_params() > 0
+
+
+class QueueTrials(Trials):
+    """As hyperopt's MongoTrials (and SparkTrials) are: trials for hyperopt's own workers."""
+
+    asynchronous = True
+
+
+def test_trials_for_hyperopts_own_workers_are_refused_before_anything_runs(tmp_path):
+    with pytest.raises(tuning.ConfigurationError, match="QueueTrials hands trials to hyperopt's own workers"):
+        optim.minimize(model=create_model, data=data, algo=rand.suggest, max_evals=1, trials=QueueTrials(),
+                       verbose=False)
+    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("test_optim") is None

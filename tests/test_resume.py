@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +35,10 @@ def model(a, b, c, d):
         if os.environ.get("STOP_AT") and len(open(calls).readlines()) == int(os.environ["STOP_AT"]):
             raise KeyboardInterrupt
     time.sleep(float(os.environ.get("TRIAL_SECONDS", "0")))
+    gate = os.environ.get("GATE_FILE")  # a barrier the test opens
+    deadline = time.monotonic() + 300
+    while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return {"loss": (x - 0.3) ** 2, "status": "ok"}
 '''
 
@@ -72,13 +77,30 @@ def test_interrupt_then_resume_continues_the_same_study(slow_recipe, store, tmp_
     assert resumed.info.run_id == study.info.run_id == result.run_id
     assert resumed.info.status == "FINISHED"
     assert resumed.data.tags["tuning.resumes"] == "1" and resumed.data.params["seed"] == "4"
-    assert [int(r.data.tags["tuning.trial"]) for r in trials] == [1, 2, 3, 4, 5, 6]
-    assert [r.info.status for r in trials] == ["FINISHED"] * 2 + ["KILLED"] + ["FINISHED"] * 3
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 6  # nothing ran twice
-    assert len(hyperopt_trials.trials) == 6  # TPE saw the first three trials
-    assert [t.number for t in result.trials] == [1, 2, 3, 4, 5, 6]
+    assert [int(r.data.tags["tuning.trial"]) for r in trials] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r.info.status for r in trials] == ["FINISHED"] * 2 + ["KILLED"] + ["FINISHED"] * 4
+    # The interrupted trial's configuration ran again first, as trial 4, which says so.
+    assert trials[2].data.tags["tuning.interrupted"] == "true"
+    assert trials[3].data.tags["tuning.retry_of"] == trials[2].info.run_id
+    assert vals(trials[3]) == vals(trials[2])
+    finished = [vals(r) for r in trials if r.info.status == "FINISHED"]
+    assert len(finished) == 6 == len(set(finished))  # max_evals trials ran to an end, none twice
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 7  # 6, and the interrupted start
+    assert len(hyperopt_trials.trials) == 6  # TPE saw the first two trials and the rerun
+    assert [t.number for t in result.trials] == [1, 2, 4, 5, 6, 7]
     best = min(trials[:2] + trials[3:], key=lambda r: r.data.metrics["hyperopt_loss"])
     assert resumed.data.tags["tuning.best_run_id"] == best.info.run_id == result.best.run_id
+
+    # What an uninterrupted study with the same seed proposed, in the same order.
+    uninterrupted = tuning.minimize(slow_recipe, max_evals=6, seed=4, tracking_uri=store, progress=False,
+                                    experiment="uninterrupted")
+    _, straight = study_runs(store, "uninterrupted")
+    assert len(uninterrupted.trials) == 6 and [vals(r) for r in straight] == finished
+
+
+def vals(run) -> str:
+    """A trial's raw hyperopt values, as recorded."""
+    return run.data.tags["tuning.hyperopt_vals"]
 
 
 def test_resume_refuses_a_different_algorithm(slow_recipe, store, tmp_path, monkeypatch):
@@ -130,7 +152,8 @@ def test_a_signal_ends_trial_and_study_killed_and_prints_the_resume_command(
     assert resumed.returncode == 0, resumed.stderr
     (study,), trials = study_runs(store)
     assert study.info.status == "FINISHED"
-    assert [r.info.status for r in trials] == ["FINISHED", "KILLED", "FINISHED", "FINISHED"]
+    assert [r.info.status for r in trials] == ["FINISHED", "KILLED", "FINISHED", "FINISHED", "FINISHED"]
+    assert trials[2].data.tags["tuning.retry_of"] == trials[1].info.run_id
 
 
 @pytest.mark.slow
@@ -148,5 +171,47 @@ def test_after_kill_9_resume_marks_the_orphan_killed(slow_recipe, store, tmp_pat
     assert resumed.returncode == 0, resumed.stderr
     (study,), trials = study_runs(store)
     assert study.info.status == "FINISHED"
-    assert [r.info.status for r in trials] == ["FINISHED", "FINISHED", "KILLED", "FINISHED"]
+    assert [r.info.status for r in trials] == ["FINISHED", "FINISHED", "KILLED", "FINISHED", "FINISHED"]
     assert trials[2].data.tags["tuning.error"] == "the process running it died"
+    assert trials[3].data.tags["tuning.retry_of"] == trials[2].info.run_id  # its configuration ran again
+    assert vals(trials[3]) == vals(trials[2])
+
+
+@pytest.mark.slow
+def test_a_study_still_running_is_not_resumed_beside_itself(slow_recipe, store, tmp_path):
+    gate = tmp_path / "gate"
+    env = {**os.environ, "GATE_FILE": str(gate), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    first = subprocess.Popen([TUNING, "run", str(slow_recipe), "--tracking-uri", store, "--max-evals", "3"],
+                             cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(store, finished=0)  # its first trial is running, held at the gate
+    second = subprocess.run([TUNING, "run", str(slow_recipe), "--tracking-uri", store, "--max-evals", "3",
+                             "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 1
+    assert f"is still running in process {first.pid}" in second.stderr and "--force" in second.stderr
+    gate.touch()
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    (study,), trials = study_runs(store)
+    assert study.info.status == "FINISHED"
+    assert [r.info.status for r in trials] == ["FINISHED"] * 3  # the refused resume touched nothing
+
+
+def test_force_takes_over_a_lease_whose_holder_is_gone(slow_recipe, store, tmp_path, monkeypatch):
+    monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
+    monkeypatch.setenv("STOP_AT", "2")
+    with pytest.raises(KeyboardInterrupt):
+        tuning.minimize(slow_recipe, max_evals=3, tracking_uri=store, progress=False)
+    monkeypatch.delenv("STOP_AT")
+    (study,), _ = study_runs(store)
+    client = MlflowClient(store)  # as a host that went down with the study would have left it
+    client.update_run(study.info.run_id, status="RUNNING")
+    client.set_tag(study.info.run_id, "tuning.lease", json.dumps({"host": "gone.example", "pid": 7}))
+    client.set_tag(study.info.run_id, "tuning.heartbeat", f"{time.time():.0f}")
+    with pytest.raises(tuning.TuningError, match="still running in process 7 on gone.example"):
+        tuning.minimize(slow_recipe, max_evals=3, tracking_uri=store, progress=False, resume=True)
+    with pytest.raises(tuning.ConfigurationError, match="--force .* --resume"):
+        tuning.minimize(slow_recipe, max_evals=3, tracking_uri=store, progress=False, force=True)
+    result = tuning.minimize(slow_recipe, max_evals=3, tracking_uri=store, progress=False, resume=True,
+                             force=True)
+    assert result.run_id == study.info.run_id and len(result.trials) == 3
+    assert json.loads(client.get_run(study.info.run_id).data.tags["tuning.lease"])["pid"] == os.getpid()

@@ -68,7 +68,10 @@ def test_grid_order_and_fraction_sample_without_repeats():
     assert len(points) == len(set(points)) == 9 and set(points) <= every
     assert points == [tuple(grid_of(source, 0.3, seed=4)._raw(i).values()) for i in range(9)]
     assert points != [tuple(grid_of(source, 0.3, seed=5)._raw(i).values()) for i in range(9)]
-    assert [doc["tid"] for doc in share([8, 9, 10], None, None, 0)] == [8]  # then it is done
+    share.proposed = 8  # as a resumed study sets it: the points go on in order, whatever the trial ids
+    docs = share([20, 21, 22], None, None, 0)
+    assert [doc["tid"] for doc in docs] == [20] and docs[0]["misc"]["vals"] == {
+        k: [v] for k, v in share._raw(8).items()}  # the last point, then the grid is done
 
 
 def test_grid_refuses_a_continuous_marker_naming_it_and_its_line():

@@ -236,3 +236,27 @@ def test_names_equal_hyperas_names_for_any_hyperas_style_model(shapes):
         assert names(source)[0] == "choice"  # we name it after its distribution
         return
     assert names(source) == hyperas_names(source)
+
+
+@pytest.mark.parametrize(("source", "hinted"), [
+    ("def model(x):\n    a = 1\n    b = 1 + <<uniform(0, 1)>> 2\n", True),  # the error is at a marker
+    ("def model(x):\n    y = <<uniform(0, 1)>>\n\n\n\n    return x +* 2\n", False),  # far from any
+])
+def test_the_marker_hint_of_a_syntax_error_is_given_only_near_a_marker(source, hinted):
+    with pytest.raises(TemplateError) as info:
+        Template.from_source(source, "recipe.py")
+    assert ("markers are written" in str(info.value)) is hinted
+
+
+def test_a_choice_of_objects_is_built_at_the_marker_for_every_trial():
+    source = "def model(x):\n    return <<choice([Dropout(x), 'none'])>>\n"  # x: a local of the model
+    template = Template.from_source(source)
+    assert template.distributions()["choice"].grid == ["Dropout(x)", "none"]  # the space holds the text
+    built = []
+    namespace = {PARAM_FUNCTION: param_value, "Dropout": lambda rate: built.append(rate) or len(built)}
+    exec(template.compile(), namespace)
+    with assigned({"choice": "Dropout(x)"}):
+        assert [namespace["model"](0.5), namespace["model"](0.25)] == [1, 2]  # a new object each time
+    with assigned({"choice": "none"}):
+        assert namespace["model"](0.1) == "none"
+    assert built == [0.5, 0.25]

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tuning.best import best_runs, load_best, register_best
-    from tuning.errors import NoTrialsError, RecipeError, TemplateError, TrackingError, TuningError
+    from tuning.errors import (
+        ConfigurationError,
+        NoTrialsError,
+        RecipeError,
+        TemplateError,
+        TrackingError,
+        TuningError,
+    )
     from tuning.population import pbt
     from tuning.report import Report, study_report
     from tuning.study import StudyResult, minimize
@@ -29,7 +36,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "best_runs": "tuning.best", "load_best": "tuning.best", "register_best": "tuning.best",
     "Report": "tuning.report", "study_report": "tuning.report",
-    "NoTrialsError": "tuning.errors", "RecipeError": "tuning.errors",
+    "ConfigurationError": "tuning.errors", "NoTrialsError": "tuning.errors", "RecipeError": "tuning.errors",
     "TemplateError": "tuning.errors", "TrackingError": "tuning.errors",
     "TuningError": "tuning.errors",
     "pbt": "tuning.population",
@@ -38,8 +45,8 @@ _EXPORTS = {
     "TrialResult": "tuning.trial", "TrialStatus": "tuning.trial",
 }
 __all__ = [
-    "NoTrialsError", "RecipeError", "Report", "StudyResult", "Template", "TemplateError",
-    "TrackingError", "TrialResult", "TrialStatus", "TuningError", "assigned", "best_runs",
+    "ConfigurationError", "NoTrialsError", "RecipeError", "Report", "StudyResult", "Template",
+    "TemplateError", "TrackingError", "TrialResult", "TrialStatus", "TuningError", "assigned", "best_runs",
     "load_best", "minimize", "pbt", "register_best", "study_report",
 ]
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Experiment, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tuning.errors import NoTrialsError, TrackingError
-from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker
+from tuning.recipe import own_objects, run_file
+from tuning.template import Template
+from tuning.tracking import KIND_TAG, LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker, quiet_downloads, using_uri
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _PAGE = 1000
@@ -99,9 +103,10 @@ def register_best(experiment: str, name: str, tracking_uri: str | None = None,
     client = tracker.client
     try:
         _create_registered_model(client, name)
-        version = client.create_model_version(
-            name, f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id,
-            tags={"tuning.experiment": experiment, LOSS_METRIC: str(run.data.metrics[LOSS_METRIC])})
+        with using_uri(tracker.uri):  # the registry resolves the models:/ source through it
+            version = client.create_model_version(
+                name, f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id,
+                tags={"tuning.experiment": experiment, LOSS_METRIC: str(run.data.metrics[LOSS_METRIC])})
         client.set_registered_model_alias(name, alias, version.version)
     except MlflowException as error:
         raise TrackingError(f"cannot register the model of run {run.info.run_id} as {name!r}: "
@@ -117,8 +122,14 @@ def _create_registered_model(client: Any, name: str) -> None:
             raise  # else it exists already and gets one more version
 
 
-def load_best(which: str, tracking_uri: str | None = None) -> Any:
+def load_best(which: str, tracking_uri: str | None = None,
+              custom_objects: Mapping[str, Any] | None = None) -> Any:
     """Reload a trial's Keras model: the best of an experiment, a run id, or a model URI.
+
+    A model that uses functions or classes of the recipe itself (a loss, a metric, a
+    ``Lambda``'s function, a layer) is reloaded with ``custom_objects``, or else with
+    those of the recipe file its study recorded: the file is run as a module of its own
+    (its ``if __name__ == "__main__":`` part does not run), so it must still be there.
 
     Example::
 
@@ -127,9 +138,42 @@ def load_best(which: str, tracking_uri: str | None = None) -> Any:
     """
     import mlflow.keras
 
-    tracker = Tracker(tracking_uri)  # MLflow's loader reads the process-wide URI
+    tracker = Tracker(tracking_uri)
     uri = model_uri(which, tracker.uri)
+    with using_uri(tracker.uri), quiet_downloads():  # MLflow's loader reads the process-wide URI
+        try:
+            try:
+                return mlflow.keras.load_model(uri, custom_objects=custom_objects)
+            except (TypeError, ValueError):  # Keras: "Could not locate function 'contrastive_loss'"
+                objects = None if custom_objects is not None else _recipe_objects(tracker, uri)
+                if not objects:
+                    raise
+                return mlflow.keras.load_model(uri, custom_objects=objects)
+        except (MlflowException, OSError, TypeError, ValueError) as error:
+            raise TrackingError(f"cannot load the model at {uri}: {error}") from None
+
+
+def _recipe_objects(tracker: Tracker, uri: str) -> dict[str, Any]:
+    """The functions and classes of the recipe file that the model's study recorded."""
+    client = tracker.client
     try:
-        return mlflow.keras.load_model(uri)
-    except (MlflowException, OSError) as error:
-        raise TrackingError(f"cannot load the model at {uri}: {error}") from None
+        run = client.get_run(_source_run(client, uri))
+        study = client.get_run(run.data.tags[MLFLOW_PARENT_RUN_ID]).data.tags
+        path, function = study["tuning.recipe"], study[SOURCE_FUNCTION_TAG]
+    except (MlflowException, KeyError):
+        return {}
+    if not Path(path).is_file():
+        return {}
+    return own_objects(run_file(Template.from_file(path, function)))
+
+
+def _source_run(client: Any, uri: str) -> str:
+    """The run that logged the model at ``runs:/…`` or ``models:/…``."""
+    if uri.startswith("runs:/"):
+        return uri.removeprefix("runs:/").split("/", 1)[0]
+    name = uri.removeprefix("models:/")
+    if "@" in name:
+        return client.get_model_version_by_alias(*name.split("@", 1)).run_id
+    if "/" in name:
+        return client.get_model_version(*name.split("/", 1)).run_id
+    return client.get_logged_model(name).source_run_id

@@ -17,6 +17,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from tuning import signals
+
 console = Console(soft_wrap=True)  # long lines (commands, run ids) stay whole for copy-paste
 
 tracking_uri_option = click.option(
@@ -25,7 +27,8 @@ tracking_uri_option = click.option(
 debug_option = click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
 # Options of both `run` and `pbt`, declared once.
 experiment_option = click.option(
-    "--experiment", help="MLflow experiment [default: recipe's EXPERIMENT, else its file name].")
+    "--experiment", help="MLflow experiment [default: recipe's EXPERIMENT, else MLFLOW_EXPERIMENT_NAME, "
+    "else its file name].")
 seed_option = click.option("--seed", type=int, help="Seed: the same seed samples the same parameters.")
 objective_option = click.option(
     "--objective", help="Metric to optimise [default: accuracy on (x_test, y_test)].")
@@ -81,15 +84,13 @@ def use_backend(backend: str) -> None:
     os.environ["KERAS_BACKEND"] = backend
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops a study like Ctrl-C: runs end KILLED
-
-
 @click.group()
 @click.version_option(package_name="tuning")
 def main() -> None:
     """Hyperparameter search for templated Keras models, every trial tracked in MLflow."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    # MLflow's "View run … at: http://…" line at every run's end would cut into the progress lines.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 @main.command()
@@ -133,6 +134,8 @@ def main() -> None:
               help="Run trials in worker processes (renewed every 20 trials) even without limits.")
 @click.option("--resume", is_flag=True,
               help="Continue the newest unfinished study of this recipe, up to --max-evals trials in all.")
+@click.option("--force", is_flag=True,
+              help="With --resume: take over a study whose holder looks alive but is known to be gone.")
 @verbose_option
 @friendly
 def run(recipe: str, tracking_uri: str | None, data_path: str | None, no_model: bool, verbose: bool,
@@ -184,17 +187,23 @@ def _load_recipe(recipe: str, data_path: str | None, backend: str | None) -> Any
         use_backend(backend)
     from tuning.recipe import Recipe
 
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    _stop_on_signals()
     loaded = Recipe.from_file(recipe)
     if data_path:
         loaded.use_data_file(data_path)
+    signals.check()  # a signal during the imports above may have been dropped
     return loaded
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM stops like Ctrl-C (runs end KILLED), even if started with SIGINT ignored."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signals.request_stop)
 
 
 def _print_study(study: Any) -> None:
     """How a study ended, its best trial and how to look at it; exit 1 if every trial failed."""
-    from tuning.tracking import ui_command
+    from tuning.tracking import default_uri, ui_command
 
     best = study.best
     pruned = len(study.pruned)
@@ -214,8 +223,11 @@ def _print_study(study: Any) -> None:
     table.add_row("run id", best.run_id)
     console.print(table)
     console.print(f"open the UI:      {ui_command(study.tracking_uri)}")
-    console.print(f"reload the model: tuning.load_best({study.experiment!r})  "
-                  f"or  mlflow.keras.load_model('runs:/{best.run_id}/model')")
+    if best.model_logged:  # never a reload command for a model the store does not have
+        uri = "" if study.tracking_uri == default_uri() else f", tracking_uri={study.tracking_uri!r}"
+        console.print(f"reload the model: tuning.load_best({best.run_id!r}{uri})")
+    else:
+        console.print("the best trial logged no model (--no-model, or model() trained none)")
 
 
 @main.command()
@@ -226,8 +238,7 @@ def space(recipe: str) -> None:
     from tuning.grid import grid_size
     from tuning.recipe import Recipe
 
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    _stop_on_signals()
     loaded = Recipe.from_file(recipe)
     distributions = loaded.template.distributions(loaded.namespace)
     lines = {m.name: m.line for m in loaded.template.markers}

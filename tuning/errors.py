@@ -31,5 +31,17 @@ class TrackingError(TuningError):
     """The tracking store cannot be reached or refuses a request."""
 
 
+class StoreError(TrackingError):
+    """The tracking server answered, with an error of its own (a full disk, a broken database)."""
+
+
 class NoTrialsError(TuningError, LookupError):
     """A query found no finished trial (empty experiment, or every trial failed)."""
+
+
+class ConfigurationError(TuningError, ValueError):
+    """A setting (an argument, a flag, a recipe constant) has a value that cannot work."""
+
+
+class StudyBusyError(TuningError):
+    """A study to resume is still held by a live process."""

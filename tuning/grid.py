@@ -39,6 +39,7 @@ class Grid:
         self._kinds = [distributions[n].kind for n in self._names]
         self._values = [_values(template, name, d) for name, d in distributions.items()]
         self.size = math.prod(map(len, self._values))
+        self.proposed = 0  # points handed out; a trial number may differ (reruns take numbers too)
         if fraction == 1:
             self._order: Any = range(self.size)
         else:
@@ -49,8 +50,14 @@ class Grid:
         return len(self._order)
 
     def __call__(self, new_ids: list[int], domain: Any, trials: Any, seed: int) -> list[dict[str, Any]]:
-        """hyperopt's suggest protocol: trial docs for ``new_ids``; none once the grid is done."""
-        return [generate_trial(tid, self._raw(tid)) for tid in new_ids if tid < len(self)]
+        """hyperopt's suggest protocol: trial docs for ``new_ids``, the next points in order
+        (``proposed`` so far: a resumed study sets it); none once the grid is done."""
+        docs = []
+        for tid in new_ids:
+            if self.proposed < len(self):
+                docs.append(generate_trial(tid, self._raw(self.proposed)))
+                self.proposed += 1
+        return docs
 
     def _raw(self, index: int) -> dict[str, Any]:
         """hyperopt's own encoding of a point: indices for choices, values otherwise."""

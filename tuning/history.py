@@ -9,6 +9,7 @@ seconds.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from hyperopt import Trials, base
@@ -16,7 +17,7 @@ from hyperopt.fmin import generate_trial
 from mlflow.entities import Run
 
 from tuning.best import trial_runs
-from tuning.tracking import KIND_TAG, LOSS_METRIC, STRATEGY_TAG, Tracker
+from tuning.tracking import INTERRUPTED_TAG, KIND_TAG, LOSS_METRIC, RETRY_TAG, STRATEGY_TAG, Tracker
 from tuning.trial import TrialResult, TrialStatus
 
 _STATUS = {"FINISHED": TrialStatus.OK, "FAILED": TrialStatus.FAILED, "KILLED": TrialStatus.KILLED}
@@ -32,27 +33,49 @@ def unfinished_study(tracker: Tracker, experiment_id: str, recipe: str) -> Run |
     return next((run for run in found if run.data.tags.get(STRATEGY_TAG) != "pbt"), None)
 
 
-def rebuild(tracker: Tracker, experiment_id: str, study_run_id: str,
-            trials: Trials) -> list[TrialResult]:
-    """Fill ``trials`` with the study's finished trials; mark runs left RUNNING as KILLED.
+@dataclass(frozen=True)
+class History:
+    """A study's past, as ``--resume`` continues it."""
+
+    results: list[TrialResult]  # the trials that ran to an end: they count toward max_evals
+    proposals: int  # configurations proposed so far (a rerun is none): the random draws made
+    retries: tuple[tuple[int, str], ...]  # (new trial number, run id of the interrupted trial it reruns)
+
+
+def rebuild(tracker: Tracker, experiment_id: str, study_run_id: str, trials: Trials) -> History:
+    """Fill ``trials`` with the study's past: every trial that ran to an end (finished,
+    failed, pruned, stopped by a limit) as done, and each interrupted one's configuration
+    queued to run again first, under a new trial number.
 
     A run still RUNNING belongs to a process that died (kill -9, power cut): it ends
-    KILLED and, like every killed or failed trial, counts toward ``max_evals`` with
-    hyperopt seeing it as failed.
+    KILLED and counts as interrupted.
     """
-    results, docs = [], []
-    for run in trial_runs(tracker, experiment_id, study_run_id):
+    runs = list(trial_runs(tracker, experiment_id, study_run_id))
+    rerun = {run.data.tags.get(RETRY_TAG) for run in runs}
+    results, docs, interrupted = [], [], []
+    for run in runs:
+        raw = json.loads(run.data.tags.get("tuning.hyperopt_vals", "{}"))
         if run.info.status == "RUNNING":
             _end(tracker, run, "the process running it died")
-        result = _result(run)
-        results.append(result)
-        docs.append(_hyperopt_doc(result, json.loads(run.data.tags.get("tuning.hyperopt_vals", "{}"))))
+        elif not (run.info.status == "KILLED" and run.data.tags.get(INTERRUPTED_TAG) == "true"):
+            result = _result(run)
+            results.append(result)
+            docs.append(_hyperopt_doc(result, raw))
+            continue
+        if run.info.run_id not in rerun:
+            interrupted.append((int(run.data.tags["tuning.trial"]), run.info.run_id, raw))
     results.sort(key=lambda r: r.number)
     docs.sort(key=lambda d: d["tid"])
-    if docs:
-        trials.insert_trial_docs(docs)
-        trials.refresh()
-    return results
+    trials.insert_trial_docs(docs)
+    trials.refresh()
+    trials._ids.update(int(run.data.tags["tuning.trial"]) - 1 for run in runs)  # numbers stay unique
+    retries = []
+    for _, run_id, raw in sorted(interrupted):
+        (tid,) = trials.new_trial_ids(1)
+        trials.insert_trial_docs([generate_trial(tid, raw)])  # state NEW: run before any proposal
+        retries.append((tid + 1, run_id))
+    trials.refresh()
+    return History(results, sum(RETRY_TAG not in run.data.tags for run in runs), tuple(retries))
 
 
 def end_orphans(tracker: Tracker, experiment_id: str, study_run_id: str, reason: str,
@@ -69,7 +92,10 @@ def end_orphans(tracker: Tracker, experiment_id: str, study_run_id: str, reason:
 
 
 def _end(tracker: Tracker, run: Run, reason: str, status: str = "KILLED") -> None:
-    tracker.log(run.info.run_id, tags={"tuning.error": reason})
+    tags = {"tuning.error": reason}
+    if status == "KILLED":  # its study stopped, or the process died, under it: --resume reruns it
+        tags[INTERRUPTED_TAG] = "true"
+    tracker.log(run.info.run_id, tags=tags)
     tracker.end_run(run.info.run_id, status)
 
 
@@ -82,7 +108,8 @@ def _result(run: Run) -> TrialResult:
         status = TrialStatus.FAILED
     params = {k: _typed(v) for k, v in run.data.params.items()}
     return TrialResult(int(run.data.tags["tuning.trial"]), run.info.run_id, status,
-                       params, loss, run.data.tags.get("tuning.error"))
+                       params, loss, run.data.tags.get("tuning.error"),
+                       model_logged=bool(run.outputs and run.outputs.model_outputs))
 
 
 def _hyperopt_doc(result: TrialResult, raw: dict[str, Any]) -> dict[str, Any]:

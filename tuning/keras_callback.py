@@ -45,6 +45,7 @@ class EpochLog:
         self.max_epochs = max_epochs
         self.epochs: list[dict[str, float]] = []
         self.planned_epochs = 0  # the ``epochs`` of the fit running now
+        self.last_model: keras.Model | None = None  # the model fitted last, for a model() that returns none
 
     def add(self, logs: dict[str, Any]) -> None:
         values = {k: float(v) for k, v in logs.items() if _is_number(v)}
@@ -94,6 +95,7 @@ def _fit(self: keras.Model, *args: Any, **kwargs: Any) -> Any:
     log = _ACTIVE.get()
     if log is None:
         return _original_fit(self, *args, **kwargs)
+    log.last_model = self
     arguments = bound.arguments
     arguments["callbacks"] = [*(arguments.get("callbacks") or []), EpochCallback(log)]
     if log.quiet:

@@ -18,6 +18,7 @@ value where the user wrote it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -117,7 +118,8 @@ def _run(recipe: Recipe, config: StudyConfig, plan: _Plan, tracker: Tracker) -> 
     rng = np.random.default_rng(config.seed)
     starts, builds = _populate(recipe, data, distributions, plan.population, config.seed, rng)
     epochs = plan.epochs_per_round or _epochs_per_round(builds, plan.rounds)
-    experiment_id = tracker.experiment_id(config.experiment)
+    experiment_id, experiment = tracker.choose_experiment(config.experiment, recipe.name)
+    config = dataclasses.replace(config, experiment=experiment)
     study_run_id = start_study_run(
         tracker, experiment_id, recipe, distributions,
         {"population": plan.population, "rounds": plan.rounds, "epochs_per_round": epochs,
@@ -274,6 +276,7 @@ class _Member:
     metrics: dict[str, float] = field(default_factory=dict)  # test_* and objective_* of the last round
     error: str | None = None
     seconds: float = 0.0
+    model_logged: bool = False
 
     @classmethod
     def start(cls, setup: TrialSetup, number: int, values: dict[str, Any],
@@ -307,7 +310,8 @@ class _Member:
     @property
     def result(self) -> TrialResult:
         return TrialResult(self.number, self.run_id, self.status, self.values,
-                           self.loss if self.status is TrialStatus.OK else None, self.error, self.seconds)
+                           self.loss if self.status is TrialStatus.OK else None, self.error, self.seconds,
+                           model_logged=self.model_logged)
 
     def guarded(self, step: Callable[..., None], *args: Any) -> bool:
         """Run one step of this member; if the user's code raises, the member fails, the rest go on."""
@@ -349,8 +353,8 @@ class _Member:
 
     def finish(self, setup: TrialSetup) -> None:
         assert self.build is not None and self.loss is not None
-        end_finished(setup, self.run_id, self.sender, self.build.model, self.values,
-                     {**self.metrics, LOSS_METRIC: self.loss}, len(self.log.epochs))
+        self.model_logged = end_finished(setup, self.run_id, self.sender, self.build.model, self.values,
+                                         {**self.metrics, LOSS_METRIC: self.loss}, len(self.log.epochs))
 
     def fail(self, error: BaseException) -> None:
         self.status, self.build = TrialStatus.FAILED, None

@@ -16,6 +16,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from tuning.tracking import format_value
 from tuning.trial import TrialResult, TrialStatus
 
 
@@ -35,9 +36,9 @@ class SilentReporter:
 class RichReporter:
     """A progress bar over trials, the running epoch, and one line per finished trial."""
 
-    def __init__(self, total: int, done: int = 0, console: Console | None = None):
+    def __init__(self, total: int, done: int = 0, console: Console | None = None, best: float | None = None):
         self.console = console or Console(stderr=True)
-        self.best: float | None = None
+        self.best = best  # the best loss so far (of the trials before a resume)
         self._status = StatusColumn()
         self._progress = Progress(
             TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -86,4 +87,5 @@ class StatusColumn(ProgressColumn):
 
 
 def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """A value as its param and tag hold it (long text cut as MLflow's limit cuts it), floats shortened."""
+    return f"{value:.4g}" if isinstance(value, float) else format_value(value)

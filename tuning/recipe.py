@@ -23,6 +23,7 @@ import builtins
 import inspect
 import sys
 import traceback
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class Recipe:
     data: Callable[[], Any] | None
     defaults: dict[str, Any] = field(default_factory=dict)
     data_path: str | None = None  # the file given with --data, if any
+    data_args: tuple[Any, ...] = ()  # what data() is called with (--data, hyperas' data_args)
 
     @property
     def name(self) -> str:
@@ -72,16 +74,10 @@ class Recipe:
         """Compile and execute a recipe file; it must define ``data()`` and ``model(...)``."""
         path = Path(path)
         template = Template.from_file(path)
-        namespace: dict[str, Any] = {"__name__": "__tuning_recipe__", "__file__": str(path.resolve()),
-                                     "__builtins__": builtins, PARAM_FUNCTION: param_value}
-        folder = str(path.resolve().parent)
-        if folder not in sys.path:  # local imports work as when the file is run as a script
-            sys.path.insert(0, folder)
-        _execute(template, namespace)
+        namespace = run_file(template)
         missing = [n for n in ("data", "model") if not callable(namespace.get(n))]
         if missing:
-            defined = sorted(k for k, v in namespace.items() if inspect.isfunction(v)
-                             and v.__module__ == "__tuning_recipe__")
+            defined = sorted(k for k, v in own_objects(namespace).items() if inspect.isfunction(v))
             raise RecipeError(
                 f"{path}: a recipe defines data() and model(x_train, y_train, x_test, y_test); "
                 f"{' and '.join(m + '()' for m in missing)} missing (functions found: "
@@ -103,27 +99,47 @@ class Recipe:
         _execute(template, namespace)
         return cls(template, namespace, namespace[template.function], data)
 
+    def custom_objects(self) -> dict[str, Any]:
+        """The functions and classes the recipe defines (losses, metrics, layers, ``Lambda``
+        functions): what Keras needs to reload a model that uses them."""
+        return own_objects(self.namespace)
+
     def use_data_file(self, path: str) -> None:
         """Have ``data()`` read this file (``--data PATH``); data() must take ``path``."""
-        data = self.data
         try:
-            inspect.signature(data).bind(path)  # type: ignore[arg-type]
+            inspect.signature(self.data).bind(path)  # type: ignore[arg-type]
         except TypeError:
             raise RecipeError(f"{self.template.filename}: --data needs a data(path=None) that "
                               "takes the file's path; this recipe's data() takes no argument") from None
-        self.data = lambda: data(path)  # type: ignore[misc]
+        self.data_args = (path,)
         self.data_path = path
 
     def load_data(self) -> tuple[Any, ...]:
-        """Call ``data()`` once; its result is passed to every trial's ``model(...)``."""
+        """Call ``data()`` once; its result is passed to every trial's ``model(...)``.
+
+        As in hyperas, which pastes the body of ``data()`` above the model, the names
+        ``data()`` defines (``nb_classes``, ``maxlen`` …) become globals of the model.
+        """
         if self.data is None:
             raise RecipeError("no data() given: pass data=… or define data() in the recipe")
         try:
-            result = self.data()
+            result, names = _call_keeping_locals(self.data, self.data_args)
         except Exception as error:
             raise RecipeError(f"data() raised {type(error).__name__}: {error}\n"
                               f"{_user_frames(error, self.template.filename)}") from error
-        return result if isinstance(result, tuple) else (result,)
+        # Only the names the recipe's functions read: a large intermediate of data() is
+        # not kept alive for the whole study.
+        wanted = _global_names(self.namespace) - {self.template.function, "data", PARAM_FUNCTION}
+        self.namespace.update({k: v for k, v in names.items() if k in wanted})
+        data = result if isinstance(result, tuple) else (result,)
+        try:  # once here, rather than in every trial
+            inspect.signature(self.model).bind(*data)
+        except TypeError:
+            takes = ", ".join(inspect.signature(self.model).parameters)
+            raise RecipeError(f"{self.template.filename}: data() returned {len(data)} item(s), but "
+                              f"{self.template.function}({takes}) takes them as its arguments: return "
+                              "one value per argument, in that order") from None
+        return data
 
     def test_data(self, data: tuple[Any, ...]) -> tuple[Any, Any] | None:
         """``(x_test, y_test)`` as the model function names them, else items 3 and 4."""
@@ -133,6 +149,59 @@ class Recipe:
             if x in by_name and y in by_name:
                 return data[by_name[x]], data[by_name[y]]
         return (data[2], data[3]) if len(data) == 4 else None
+
+
+def run_file(template: Template) -> dict[str, Any]:
+    """Execute a compiled recipe file as a module of its own (not ``__main__``: a script's
+    ``if __name__ == "__main__":`` part does not run); its namespace."""
+    path = Path(template.filename).resolve()
+    namespace: dict[str, Any] = {"__name__": "__tuning_recipe__", "__file__": str(path),
+                                 "__builtins__": builtins, PARAM_FUNCTION: param_value}
+    if str(path.parent) not in sys.path:  # local imports work as when the file is run as a script
+        sys.path.insert(0, str(path.parent))
+    _execute(template, namespace)
+    return namespace
+
+
+def own_objects(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The functions and classes defined in the module whose namespace this is."""
+    module = namespace.get("__name__")
+    return {name: value for name, value in namespace.items()
+            if (inspect.isfunction(value) or inspect.isclass(value)) and value.__module__ == module}
+
+
+def _global_names(namespace: dict[str, Any]) -> set[str]:
+    """The global (and attribute) names read by the functions that run in ``namespace``."""
+    codes = [f.__code__ for f in namespace.values() if inspect.isfunction(f) and f.__globals__ is namespace]
+    names: set[str] = set()
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return names
+
+
+def _call_keeping_locals(function: Callable[..., Any], args: tuple[Any, ...]
+                         ) -> tuple[Any, dict[str, Any]]:
+    """``function(*args)`` and the local variables it ended with.
+
+    A profile hook sees the function's frame as it returns; it costs a call per Python
+    call inside ``data()``, once per study. (A trace hook would also do, but would take
+    the place of a debugger's or coverage's.)
+    """
+    code = getattr(function, "__code__", None)
+    names: dict[str, Any] = {}
+
+    def watch(frame: Any, event: str, arg: Any) -> None:
+        if event == "return" and frame.f_code is code:
+            names.update(frame.f_locals)
+
+    previous = sys.getprofile()
+    sys.setprofile(watch if code is not None else previous)
+    try:
+        return function(*args), names
+    finally:
+        sys.setprofile(previous)
 
 
 def _execute(template: Template, namespace: Mapping[str, Any]) -> None:

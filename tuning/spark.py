@@ -137,11 +137,19 @@ class Dispatcher:
         domain = base.Domain(None, space)  # suggest functions read only the space
         running, stopping = 0, False
         while True:
-            while not stopping and running < self.parallelism and len(trials.trials) < max_evals:
+            while not stopping and running < self.parallelism:
+                queued = [d for d in trials.trials if d["state"] == base.JOB_STATE_NEW]  # reruns, on resume
+                if queued:
+                    self._start(domain, trials, queued[0])
+                    running += 1
+                    continue
+                if len(trials.trials) >= max_evals:
+                    break
                 docs = suggest(trials.new_trial_ids(1), domain, trials, rng.integers(2**31 - 1))
                 if not docs:  # a grid with no points left
                     stopping = True
                     break
+                trials.insert_trial_docs(docs)
                 self._start(domain, trials, docs[0])
                 running += 1
             if running == 0:
@@ -165,7 +173,6 @@ class Dispatcher:
     def _start(self, domain: base.Domain, trials: Trials, doc: dict[str, Any]) -> None:
         doc["state"] = base.JOB_STATE_RUNNING
         doc["book_time"] = doc["refresh_time"] = coarse_utcnow()
-        trials.insert_trial_docs([doc])
         trials.refresh()
         number = doc["tid"] + 1
         params, raw = hyperopt_point(domain.expr, domain.memo_from_config(base.spec_from_misc(doc["misc"])),
@@ -199,7 +206,7 @@ def _trial_task(spec: TrialSpec, pruning: Pruning | None, number: int, params: d
         pass
     setup = _setup(spec)
     setup.pruning = pruning
-    yield run_trial(setup, number, params, raw)
+    yield run_trial(setup, number, params, raw).portable()
 
 
 _SETUPS: dict[TrialSpec, TrialSetup] = {}

@@ -23,16 +23,17 @@ import numpy as np
 from hyperopt import Trials, anneal, fmin, rand, tpe
 from hyperopt.exceptions import AllTrialsFailed
 
-from tuning import history, pruners, spark
+from tuning import history, pruners, signals, spark
 from tuning.distributions import Distribution
-from tuning.errors import TemplateError, TrackingError
+from tuning.errors import ConfigurationError, TemplateError, TrackingError
 from tuning.grid import Grid
+from tuning.lease import Lease
 from tuning.progress import RichReporter, SilentReporter
 from tuning.pruners import Pruner, Pruning
 from tuning.recipe import Recipe
 from tuning.spark import Cluster
 from tuning.stopping import StopReason, StopRules
-from tuning.tracking import DEFAULT_PATIENCE, LOSS_METRIC, Tracker
+from tuning.tracking import DEFAULT_PATIENCE, LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker
 from tuning.trial import (
     Objective,
     Reporter,
@@ -57,6 +58,7 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
              experiment: str | None = None, tracking_uri: str | None = None,
              objective: str | None = None, mode: str | None = None, log_model: bool = True,
              max_epochs: int | None = None, progress: bool = True, resume: bool = False,
+             force: bool = False,
              patience: float = DEFAULT_PATIENCE, trial_timeout: float | None = None,
              trial_max_memory: float | None = None, isolate: bool = False,
              fraction: float | None = None, timeout: float | None = None,
@@ -79,9 +81,11 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
     The study ends early at ``timeout`` seconds, after ``early_stop`` trials without
     improvement, or once the objective reaches ``target`` (see :mod:`tuning.stopping`).
     ``prune`` (``"median"``, ``"hyperband"`` or a :class:`tuning.pruners.Pruner`) stops
-    hopeless trials between epochs. ``parallelism`` runs that many trials at a time on
-    Spark (``spark_master``, a notebook's active session, or ``local[N]``), each limited to
-    ``threads_per_trial`` threads; see :mod:`tuning.spark`.
+    hopeless trials between epochs. ``resume`` continues the newest unfinished study of
+    the recipe, unless a live process still holds it (``force`` takes it over).
+    ``parallelism`` runs that many trials at a time on Spark (``spark_master``, a
+    notebook's active session, or ``local[N]``), each limited to ``threads_per_trial``
+    threads; see :mod:`tuning.spark`.
 
     Example::
 
@@ -94,6 +98,7 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
     config = StudyConfig.merge(recipe, dict(
         max_evals=max_evals, algo=algo, seed=seed, experiment=experiment, objective=objective,
         mode=mode, log_model=log_model, max_epochs=max_epochs, progress=progress, resume=resume,
+        force=force,
         trial_timeout=trial_timeout, trial_max_memory=trial_max_memory, isolate=isolate,
         fraction=fraction, timeout=timeout, early_stop=early_stop, target=target, prune=prune,
         parallelism=parallelism, spark_master=spark_master, threads_per_trial=threads_per_trial))
@@ -133,7 +138,7 @@ class StudyResult:
 class StudyConfig:
     """The settings of one study after recipe defaults and overrides are merged."""
 
-    experiment: str
+    experiment: str | None  # an argument or the recipe's EXPERIMENT; None: see Tracker.choose_experiment
     max_evals: int | None  # None: every point of the grid
     algo: str | Callable[..., Any]
     seed: int
@@ -148,6 +153,7 @@ class StudyConfig:
     max_epochs: int | None = None
     progress: bool = True
     resume: bool = False
+    force: bool = False  # resume a study whose lease is alive (its holder is known to be gone)
     limits: Limits | None = None  # set: each trial runs in a watched worker process
     explicit: frozenset[str] = frozenset()  # settings given as flags/arguments, not defaults
 
@@ -174,7 +180,7 @@ class StudyConfig:
         seed = pick("SEED", None)
         max_epochs = overrides.get("max_epochs") or os.environ.get("TUNING_MAX_EPOCHS")
         return cls(
-            experiment=str(pick("EXPERIMENT", recipe.name)),
+            experiment=None if pick("EXPERIMENT", None) is None else str(pick("EXPERIMENT", None)),
             max_evals=None if budget is None else int(budget), algo=algo,
             seed=int(seed) if seed is not None else secrets.randbelow(2**31),
             objective=Objective.create(pick("OBJECTIVE", None), pick("MODE", None)),
@@ -186,6 +192,7 @@ class StudyConfig:
             max_epochs=int(max_epochs) if max_epochs else None,
             progress=overrides.get("progress", True),
             resume=bool(overrides.get("resume")),
+            force=_force(overrides),
             limits=_limits(overrides),
             explicit=frozenset(k for k, v in overrides.items() if v is not None),
         )
@@ -221,6 +228,10 @@ class StudyConfig:
 def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Trials | None = None,
               callbacks: Sequence[Callable[[TrialResult], None]] = ()) -> StudyResult:
     """Run the search: check everything, then one study run with a child run per trial."""
+    if getattr(trials, "asynchronous", False):  # MongoTrials: its workers would wait for jobs forever
+        raise ConfigurationError(
+            f"{type(trials).__name__} hands trials to hyperopt's own workers, which cannot run a model "
+            "compiled here: pass Trials() (or none), and parallelism=N to run trials side by side")
     tracker.check()
     distributions = recipe.template.distributions(recipe.namespace)
     if not distributions:
@@ -237,12 +248,16 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
         session, own_session = spark.session(config.cluster)
     # With workers or executors, each loads the data itself; here it would only take memory.
     data = recipe.load_data() if config.limits is None and config.cluster is None else ()
-    experiment_id = tracker.experiment_id(config.experiment)
+    experiment_id, experiment = tracker.choose_experiment(config.experiment, recipe.name)
+    config = dataclasses.replace(config, experiment=experiment)
     trials = trials if trials is not None else Trials()
-    study_run_id, config, results = _open_study(tracker, experiment_id, recipe, config,
-                                                distributions, trials)
+    study_run_id, config, past, lease = _open_study(tracker, experiment_id, recipe, config, distributions,
+                                                    trials)
+    results = list(past.results)
     suggest, config = _search(recipe, distributions, config)
-    tags = {"tuning.max_evals": config.max_evals, "tuning.max_epochs": config.max_epochs}
+    if isinstance(suggest, Grid):
+        suggest.proposed = past.proposals
+    tags = {"tuning.max_evals": config.max_evals, "tuning.max_epochs": config.max_epochs, **lease.tags}
     if config.pruner is not None:
         tags["tuning.pruner"] = repr(config.pruner)  # e.g. MedianPruner(startup_trials=5, …)
     tracker.log(study_run_id, tags=tags)
@@ -252,11 +267,13 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
                                       for r in results if r.loss is not None],
                      config.objective.curve_keys, config.objective.loss(1.0))
 
-    reporter: Reporter = (RichReporter(config.max_evals, done=len(results)) if config.progress
+    best = min((r.loss for r in results if r.status is TrialStatus.OK and r.loss is not None), default=None)
+    reporter: Reporter = (RichReporter(config.max_evals, done=len(results), best=best) if config.progress
                           else SilentReporter())
     setup = TrialSetup(tracker, experiment_id, study_run_id, recipe, data, config.objective,
                        reporter, seed=config.seed, log_model=config.log_model,
-                       quiet_fit=config.progress, max_epochs=config.max_epochs, pruning=pruning)
+                       quiet_fit=config.progress, max_epochs=config.max_epochs, pruning=pruning,
+                       retries=past.retries)
 
     def record(result: TrialResult) -> None:
         results.append(result)
@@ -264,8 +281,11 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
             pruning.record(result.number, result.curve, complete=result.status is TrialStatus.OK)
         for callback in callbacks:
             callback(result)
+        signals.check()  # a stop requested during the trial, that Python dropped
 
     rng = np.random.default_rng(config.seed)
+    for _ in range(past.proposals):  # go on with the stream where it stopped: hyperopt draws
+        rng.integers(2**31 - 1)      # one seed per proposal, as fmin and the dispatcher do
     runner: Callable[[int, dict[str, Any], dict[str, Any]], TrialResult] | None = None
     if session is None:
         runner = (functools.partial(run_trial, setup) if config.limits is None
@@ -291,9 +311,11 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
         running = spark.cancelling_on_interrupt(session)
 
     logging.getLogger("hyperopt").setLevel(logging.WARNING)
+    lease.start()
     settle()  # until the study ends
     status, reason = "FAILED", StopReason.MAX_EVALS
     try:
+        signals.check()
         with reporter if isinstance(reporter, RichReporter) else nullcontext(), running, \
                 suppress(AllTrialsFailed):  # failed trials are reported in the result
             search()
@@ -303,6 +325,7 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
         elif isinstance(suggest, Grid) and len(results) >= len(suggest):
             reason = StopReason.GRID_DONE
     except KeyboardInterrupt:
+        signals.handled()
         status, reason = "KILLED", StopReason.INTERRUPTED
         raise
     except TrackingError:
@@ -310,6 +333,7 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
         reason = StopReason.TRACKING
         raise
     finally:
+        lease.close()
         gc.unfreeze()
         if isinstance(runner, IsolatedRunner):
             runner.close()
@@ -330,6 +354,7 @@ def _objective(runner: Callable[[int, dict[str, Any], dict[str, Any]], TrialResu
                names: list[str], record: Callable[[TrialResult], None]) -> Callable[..., Any]:
     """hyperopt's objective for trials run by this process (or its worker)."""
     def objective(expr: Any, memo: Any, ctrl: Any) -> dict[str, Any]:
+        signals.check()
         params, raw = hyperopt_point(expr, memo, names)
         result = runner(ctrl.current_trial["tid"] + 1, params, raw)
         record(result)
@@ -357,6 +382,12 @@ def _stop_detail(reason: StopReason, trials: int) -> str:
             StopReason.TRACKING: "the tracking server stayed away"}.get(reason, "")
 
 
+def _force(overrides: dict[str, Any]) -> bool:
+    if overrides.get("force") and not overrides.get("resume"):
+        raise ConfigurationError("--force takes over a study that --resume finds still held: use both")
+    return bool(overrides.get("force"))
+
+
 def _cluster(overrides: dict[str, Any]) -> Cluster | None:
     """Where parallel trials run, from the parallelism / spark_master / threads settings."""
     parallelism = overrides.get("parallelism")
@@ -382,25 +413,28 @@ def _limits(overrides: dict[str, Any]) -> Limits | None:
 
 def _open_study(tracker: Tracker, experiment_id: str, recipe: Recipe, config: StudyConfig,
                 distributions: dict[str, Distribution], trials: Trials
-                ) -> tuple[str, StudyConfig, list[TrialResult]]:
-    """A new study run, or with ``resume`` the newest unfinished one, its trials rebuilt."""
+                ) -> tuple[str, StudyConfig, history.History, Lease]:
+    """A new study run, or with ``resume`` the newest unfinished one, its trials rebuilt;
+    held by this process (see :mod:`tuning.lease`)."""
     key = _recipe_key(recipe)
     previous = history.unfinished_study(tracker, experiment_id, key) if config.resume else None
     if previous is not None:
         config = config.resumed(previous.data.params)
         run_id = previous.info.run_id
+        lease = Lease.take(tracker, previous, config.force)  # before anything of it is touched
         tracker.client.update_run(run_id, status="RUNNING")
-        results = history.rebuild(tracker, experiment_id, run_id, trials)
+        past = history.rebuild(tracker, experiment_id, run_id, trials)
         resumes = int(previous.data.tags.get("tuning.resumes", "0")) + 1
         tracker.log(run_id, tags={"tuning.resumes": resumes})
-        return run_id, config, results
+        return run_id, config, past, lease
     params = {"algo": config.algo_name, "seed": config.seed,
               "objective": config.objective.metric, "mode": config.objective.mode}
     if config.algo == GRID:
         params["fraction"] = config.fraction
     if config.cluster is not None:
         params["parallelism"] = config.cluster.parallelism
-    return start_study_run(tracker, experiment_id, recipe, distributions, params), config, []
+    run_id = start_study_run(tracker, experiment_id, recipe, distributions, params)
+    return run_id, config, history.History([], 0, ()), Lease(tracker, run_id)
 
 
 def start_study_run(tracker: Tracker, experiment_id: str, recipe: Recipe,
@@ -408,8 +442,12 @@ def start_study_run(tracker: Tracker, experiment_id: str, recipe: Recipe,
                     tags: dict[str, str] | None = None) -> str:
     """A new study run: the recipe and ``params`` as params, the space, the recipe's source."""
     key = _recipe_key(recipe)
+    # The model function's name: with the file, tuning.load_best finds the recipe's own
+    # losses, layers and metrics when a model is reloaded in another process.
     run_id = tracker.start_run(experiment_id, f"study-{time.strftime('%Y%m%d-%H%M%S')}", "study",
-                               tags={"tuning.recipe": key, **(tags or {})})
+                               tracker.outer_run(experiment_id),
+                               tags={"tuning.recipe": key, SOURCE_FUNCTION_TAG: recipe.template.function,
+                                     **(tags or {})})
     tracker.log(run_id, params={"recipe": key, **params})
     tracker.log_json(run_id, _describe(recipe, distributions), "space.json")
     tracker.log_text(run_id, recipe.template.source, f"recipe/{_source_name(recipe)}")
@@ -439,7 +477,14 @@ def _finish(tracker: Tracker, result: StudyResult, status: str) -> None:
     if status != "KILLED":  # whoever pressed Ctrl-C waits for no plots; a resumed study draws them
         from tuning.report import attach_report  # never raises: a plot must not fail a search
 
-        attach_report(result.tracking_uri, result.experiment, result.run_id)
+        try:
+            signals.check()
+            attach_report(result.tracking_uri, result.experiment, result.run_id)
+        except KeyboardInterrupt:  # --resume draws it: every trial is done, the budget spent
+            tracker.log(result.run_id, tags={"tuning.stop_reason": StopReason.INTERRUPTED,
+                                             "tuning.stop_detail": "interrupted while drawing the report"})
+            tracker.end_run(result.run_id, "KILLED")
+            raise
     tracker.end_run(result.run_id, status)
 
 

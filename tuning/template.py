@@ -46,14 +46,25 @@ _VALUES: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextV
 )
 
 
-def param_value(name: str) -> Any:
+def param_value(name: str, builders: Mapping[str, Callable[[], Any]] | None = None) -> Any:
+    """The trial's value of marker ``name``.
+
+    ``builders`` are the options of a ``choice`` that construct an object
+    (``Dropout(0.5)``, ``SGD(0.01)``), by their text: the value of such an option is its
+    text, and the object is built here, at the marker, for every trial. Built once with
+    the space (as hyperas does), one layer object would serve every trial: its name clashes
+    after ``clear_session()`` and its weights or optimizer state leak between trials.
+    """
     values = _VALUES.get()
     if values is None:
         raise RuntimeError(
             f"hyperparameter {name!r} was read outside a trial; run the model through "
             "tuning.minimize / `tuning run`, or wrap the call in `with tuning.assigned({...}):`"
         )
-    return values[name]
+    value = values[name]
+    if builders and isinstance(value, str) and value in builders:
+        return builders[value]()
+    return value
 
 
 @contextmanager
@@ -75,6 +86,7 @@ class Marker:
     line: int
     column: int
     explicit: bool = False
+    builders: tuple[tuple[str, str], ...] = ()  # (text, code) of options built per trial
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,7 @@ class Template:
         code = _rewrite(source, found, names)
         _check_syntax_and_placement(code, filename, function, found)
         markers = tuple(
-            Marker(name, m.expression, m.line, m.column, m.explicit_name is not None)
+            Marker(name, m.expression, m.line, m.column, m.explicit_name is not None, m.builders)
             for name, m in zip(names, found, strict=True)
         )
         if filename.startswith("<"):
@@ -151,6 +163,7 @@ class _Found:
     explicit_name: str | None
     line: int
     column: int
+    builders: tuple[tuple[str, str], ...] = ()
 
 
 _OPERAND_END = {")", "]", "}"}
@@ -231,9 +244,9 @@ def _scan(source: str, filename: str) -> list[_Found]:
         close = _closing(tokens, first, style, filename)
         start, end = tokens[i].start, tokens[close + (0 if style == "<<" else 1)].end
         inner = _text(lines, tokens[first].start, tokens[close].start) if close > first else ""
-        expression, explicit = _parse_marker(inner, style, filename, start[0])
+        expression, explicit, builders = _parse_marker(inner, style, filename, start[0])
         found.append(_Found(start, end, expression, _identifier_before(tokens, i), explicit,
-                            start[0], start[1]))
+                            start[0], start[1], builders))
         i = close + (1 if style == "<<" else 2)
     return found
 
@@ -277,8 +290,10 @@ def _identifier_before(tokens: list[tokenize.TokenInfo], i: int) -> str | None:
     return None
 
 
-def _parse_marker(inner: str, style: str, filename: str, line: int) -> tuple[str, str | None]:
-    """The marker's call text without ``name=``, and the explicit name if given."""
+def _parse_marker(inner: str, style: str, filename: str, line: int
+                  ) -> tuple[str, str | None, tuple[tuple[str, str], ...]]:
+    """The marker's call text without ``name=``, the explicit name if given, and the
+    options built per trial (see :func:`_built_options`)."""
     text = " ".join(inner.split())
     closer = ">>" if style == "<<" else "}}"
     example = f"{style}uniform(0, 1){closer}"
@@ -308,7 +323,39 @@ def _parse_marker(inner: str, style: str, filename: str, line: int) -> tuple[str
                                     "in quotes, e.g. name=\"dropout_in\"", filename, line)
             explicit = kw.value.value
     node.keywords = [kw for kw in node.keywords if kw.arg != "name"]
-    return ast.unparse(node), explicit
+    builders = _built_options(node, text, f"{style}{text}{closer}", filename, line)
+    return ast.unparse(node), explicit, builders
+
+
+def _built_options(call: ast.Call, text: str, marker: str, filename: str, line: int
+                   ) -> tuple[tuple[str, str], ...]:
+    """The options of a ``choice``/``pchoice`` written as a list that construct an object
+    (a call or a lambda), as ``(text as written, code)``; each is replaced in ``call`` by
+    its text, so the space, the params and the tags hold ``Dropout(0.5)``, never an object."""
+    if call.func.id not in ("choice", "pchoice") or not call.args \
+            or not isinstance(call.args[0], ast.List | ast.Tuple):
+        return ()
+    options = call.args[0].elts
+    if call.func.id == "pchoice":  # (probability, option) pairs; others are reported later
+        slots = [(item.elts, 1) for item in options if isinstance(item, ast.Tuple) and len(item.elts) == 2]
+    else:
+        slots = [(options, i) for i in range(len(options))]
+    builders: list[tuple[str, str]] = []
+    texts: list[str] = []
+    for holder, index in slots:
+        option = holder[index]
+        if any(isinstance(node, ast.Call | ast.Lambda) for node in ast.walk(option)):
+            label = ast.get_source_segment(text, option) or ast.unparse(option)
+            builders.append((label, ast.unparse(option)))
+            holder[index] = ast.Constant(label)
+            texts.append(label)
+        elif isinstance(option, ast.Constant) and isinstance(option.value, str):
+            texts.append(option.value)
+    clash = sorted({t for t in texts if texts.count(t) > 1})
+    if clash:
+        raise TemplateError(f"two options of {marker} read {clash[0]!r}; options must differ",
+                            filename, line)
+    return tuple(builders)
 
 
 def _assign_names(found: list[_Found], filename: str) -> list[str]:
@@ -354,7 +401,9 @@ def _rewrite(source: str, found: list[_Found], names: list[str]) -> str:
         out.append(source[cursor:offset(f.start)])
         # Newlines go inside the call's parentheses, so a multi-line marker keeps the
         # line numbers of everything after it.
-        out.append(f'{PARAM_FUNCTION}("{name}"{chr(10) * (f.end[0] - f.start[0])})')
+        builders = "".join(f", {label!r}: lambda: {code}" for label, code in f.builders)
+        builders = f", {{{builders[2:]}}}" if builders else ""
+        out.append(f'{PARAM_FUNCTION}("{name}"{builders}{chr(10) * (f.end[0] - f.start[0])})')
         cursor = offset(f.end)
     out.append(source[cursor:])
     return "".join(out)
@@ -364,8 +413,9 @@ def _check_syntax_and_placement(code: str, filename: str, function: str, found: 
     try:
         tree = ast.parse(code, filename)
     except SyntaxError as error:
-        raise TemplateError(f"{error.msg} (markers are written <<uniform(0, 1)>> or "
-                            "{{uniform(0, 1)}})", filename, error.lineno) from None
+        near = any(abs(f.line - (error.lineno or 0)) <= 1 for f in found)
+        hint = " (markers are written <<uniform(0, 1)>> or {{uniform(0, 1)}})" if near else ""
+        raise TemplateError(f"{error.msg}{hint}", filename, error.lineno) from None
     if not found:
         return
     spans = [(node.lineno, node.end_lineno or node.lineno) for node in tree.body

@@ -8,19 +8,23 @@ the network.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import json
 import logging
 import os
 import queue
+import re
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
 
@@ -28,10 +32,10 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from tuning.errors import TrackingError
+from tuning.errors import StoreError, TrackingError
 
 _log = logging.getLogger("tuning")
 DEFAULT_PATIENCE = 600.0  # seconds a tracking server may be away before the study stops
@@ -39,15 +43,73 @@ SEND_INTERVAL = 1.0  # seconds over which per-epoch metrics are gathered into on
 KIND_TAG = "tuning.kind"  # "study" or "trial": how queries tell our runs apart
 STRATEGY_TAG = "tuning.strategy"  # "pbt" on population based training studies, else absent
 LOSS_METRIC = "hyperopt_loss"  # the value handed to hyperopt, minimised
+MODEL_ERROR_TAG = "tuning.model_error"  # why a finished trial has no model (the server refused it)
+CREATE_TAG = "tuning.create_id"  # chosen by the client, so a run made by a retried request is found
+INTERRUPTED_TAG = "tuning.interrupted"  # "true" on a trial whose study was stopped (or died) under it
+RETRY_TAG = "tuning.retry_of"  # on a trial that reruns an interrupted one: that one's run id
+SOURCE_FUNCTION_TAG = "tuning.source_function"  # the study's model function, in the file tagged tuning.recipe
 _MAX_VALUE_LENGTH = 6000  # MLflow's limit for a param/tag value is 6000 characters
 
 
 def resolve_uri(tracking_uri: str | None) -> str:
-    """The flag, else ``MLFLOW_TRACKING_URI``, else MLflow's default in the working folder."""
-    if tracking_uri:
-        return tracking_uri
-    mlflow.set_tracking_uri(None)  # drop any URI set earlier in this process
-    return mlflow.get_tracking_uri()
+    """The argument or flag; else the user's own MLflow setup: ``mlflow.set_tracking_uri``
+    earlier in this process (a hosted service's ``init()`` calls it too), else
+    ``MLFLOW_TRACKING_URI``; else MLflow's default in the working folder."""
+    return tracking_uri or mlflow.get_tracking_uri()
+
+
+def default_uri() -> str:
+    """MLflow's default store in this working folder, where no ``mlruns/`` file store is."""
+    from mlflow.utils.file_utils import path_to_local_sqlite_uri
+
+    return path_to_local_sqlite_uri(os.path.abspath("mlflow.db"))
+
+
+def user_experiment() -> tuple[str | None, str | None]:
+    """``(id, name)`` of the experiment the user's MLflow setup chose, either may be None:
+    ``mlflow.set_experiment`` earlier in this process, else the active run's, else
+    ``MLFLOW_EXPERIMENT_NAME`` / ``MLFLOW_EXPERIMENT_ID``. Both None: nothing chosen."""
+    from mlflow.tracking import fluent
+
+    if fluent._active_experiment_id:  # set by mlflow.set_experiment; MLflow has no getter
+        return fluent._active_experiment_id, None
+    if (run := mlflow.active_run()) is not None:
+        return run.info.experiment_id, None
+    return os.environ.get("MLFLOW_EXPERIMENT_ID") or None, os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
+
+
+@contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No "Downloading artifacts" progress bars in this block (a model load prints several)."""
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+@contextmanager
+def using_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI is ``uri`` in this block, and exactly what it was after.
+
+    For the calls that read it (model loading, the user's own ``mlflow.*`` calls in a
+    trial). ``mlflow.set_tracking_uri(None)`` would also delete ``MLFLOW_TRACKING_URI``
+    from the environment, so the variable is put back by hand.
+    """
+    from mlflow.tracking._tracking_service import utils
+
+    previous, variable = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if variable is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 def ui_command(uri: str) -> str:
@@ -73,12 +135,78 @@ def format_value(value: Any) -> str:
 T = TypeVar("T")
 
 
-def _transient(error: BaseException) -> bool:
-    """Whether an error means "the store is away for now" rather than "the request is wrong"."""
-    if isinstance(error, MlflowException):
-        return error.error_code in {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
-                                    "INTERNAL_ERROR"} or "failed with" in error.message
-    return isinstance(error, OSError)
+ABSENT, SERVER = "absent", "server"
+_AWAY_CODES = {429, 502, 503, 504}  # busy, or a proxy in front of a server that is away
+_SERVER_TRIES = 3  # a server error may be passing (a locked database): tried this often, quickly
+
+
+def _fault(error: BaseException) -> str | None:
+    """``ABSENT``: the store cannot be reached now; ``SERVER``: it answered with an error
+    of its own (a full disk); None: the request itself is wrong."""
+    import requests
+
+    code = None
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        code = error.response.status_code  # an artifact upload or download
+    elif isinstance(error, MlflowException):
+        found = re.search(r"failed with error code (\d+)|too many (\d+) error responses", error.message)
+        code = int(found.group(1) or found.group(2)) if found else None
+        if error.error_code in {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}:
+            return ABSENT
+        if code is None and "failed with" in error.message:  # refused, reset, timed out
+            return ABSENT
+        if code is None:  # the server's own error reply, or a wrong request
+            own = isinstance(error, RestException) and error.error_code == "INTERNAL_ERROR"
+            return SERVER if own else None
+    elif isinstance(error, OSError):
+        return ABSENT
+    if code is None:
+        return None
+    return ABSENT if code in _AWAY_CODES else SERVER if code >= 500 else None
+
+
+def _server_says(error: BaseException) -> str:
+    """What the server's error reply says, short. An artifact upload's reply says no more
+    than its status (the server logs why: a full disk, say), so the request is named."""
+    import requests
+
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        text = f"HTTP {error.response.status_code}: {error.response.text}"
+    else:
+        text = str(getattr(error, "message", error))
+    request = re.search(r"API request to (\S+) failed", text)
+    status = re.search(r"error code (\d+)|too many (\d+) error responses|HTTP (\d+)", text)
+    body = re.search(r"Response body: '(.{0,300})", text) or re.search(r"HTTP \d+: (.{0,300})", text)
+    if status and request:
+        code = next(g for g in status.groups() if g)
+        said = " ".join(body.group(1).split()) if body else "Internal Server Error"
+        return (f"HTTP {code} ({said}) to {urllib.parse.urlparse(request.group(1)).path}; the server's "
+                "log says why (a full artifact disk, a broken database)")
+    return " ".join(text.split())[:300]
+
+
+@contextmanager
+def _creating(uri: str) -> Iterator[None]:
+    """Open a store one process at a time: MLflow creates a new sqlite store's tables when a
+    client first opens it, and of two processes doing so at once, one fails."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = os.path.dirname(os.path.abspath(urllib.parse.unquote(uri.removeprefix("sqlite:///"))))
+    os.makedirs(folder, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)  # a lock on the folder leaves no file behind
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _check_alive(experiment: Any) -> None:
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"experiment {experiment.name!r} was deleted; restore it with `mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}` or choose another --experiment")
 
 
 class Patience:
@@ -93,13 +221,21 @@ class Patience:
         self.seconds = seconds
 
     def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        deadline, delay = None, 0.5
+        deadline, delay, server_errors = None, 0.5, 0
         while True:
             try:
                 return function(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - sorted below: transient or not
-                if not _transient(error):
+                fault = _fault(error)
+                if fault is None:
                     raise
+                if fault == SERVER:
+                    server_errors += 1
+                    if server_errors >= _SERVER_TRIES:
+                        raise StoreError(f"the tracking server {self.uri} answered with an error of "
+                                         f"its own: {_server_says(error)}") from error
+                    time.sleep(server_errors)
+                    continue
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.seconds
@@ -129,11 +265,12 @@ class Tracker:
             raise TrackingError(f"unsupported tracking URI {self.uri!r}: use http://host:port, "
                                 "sqlite:///path.db or a database URI")
         if self.uri.startswith(("http://", "https://")):
-            # MLflow's own retries back off for minutes; ours are bounded by --patience.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            # MLflow's own retries back off for minutes, and repeat a request whose reply was
+            # lost after the server acted; ours are bounded by --patience and made safe to repeat.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        mlflow.set_tracking_uri(self.uri)  # MLflow's model logging reads the global URI
-        self.client = MlflowClient(self.uri)
+        with _creating(self.uri):
+            self.client = MlflowClient(self.uri)
         self.patience = Patience(self.uri, patience)
 
     def check(self) -> None:
@@ -164,21 +301,69 @@ class Tracker:
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, created if missing; a deleted one is an error."""
-        experiment = self.client.get_experiment_by_name(name)
+        experiment = self.patience.call(self.client.get_experiment_by_name, name)
         if experiment is None:
-            return self.client.create_experiment(name)
-        if experiment.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"experiment {name!r} was deleted; restore it with `mlflow experiments restore "
-                f"--experiment-id {experiment.experiment_id}` or choose another --experiment")
+            def create() -> str:
+                try:
+                    return self.client.create_experiment(name)
+                except MlflowException as error:
+                    if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    return self.client.get_experiment_by_name(name).experiment_id  # made by another process
+
+            return self.once(create, lambda: getattr(self.client.get_experiment_by_name(name),
+                                                     "experiment_id", None))
+        _check_alive(experiment)
         return experiment.experiment_id
+
+    def choose_experiment(self, given: str | None, fallback: str) -> tuple[str, str]:
+        """``(id, name)`` of a study's experiment: ``given`` (an argument, a flag, the
+        recipe's ``EXPERIMENT``), else the one the user's MLflow setup chose (see
+        :func:`user_experiment`), else ``fallback``."""
+        chosen_id, chosen_name = (None, None) if given else user_experiment()
+        if chosen_id and self.uri == mlflow.get_tracking_uri():  # an id means nothing elsewhere
+            try:
+                experiment = self.client.get_experiment(chosen_id)
+            except MlflowException:
+                raise TrackingError(f"MLFLOW_EXPERIMENT_ID / mlflow.set_experiment chose experiment "
+                                    f"id {chosen_id}, which {self.uri} does not have") from None
+            _check_alive(experiment)
+            return experiment.experiment_id, experiment.name
+        name = given or chosen_name or fallback
+        return self.experiment_id(name), name
 
     def start_run(self, experiment_id: str, name: str, kind: str,
                   parent_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         all_tags = {KIND_TAG: kind, **(tags or {})}
         if parent_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
-        run = self.patience.call(self.client.create_run, experiment_id, run_name=name, tags=all_tags)
+        all_tags[CREATE_TAG] = request = uuid.uuid4().hex
+        run = self.once(
+            lambda: self.client.create_run(experiment_id, run_name=name, tags=all_tags),
+            lambda: next(iter(self.client.search_runs([experiment_id], f"tags.`{CREATE_TAG}` = '{request}'",
+                                                      max_results=1)), None))
+        return run.info.run_id
+
+    def once(self, create: Callable[[], T], find: Callable[[], T | None]) -> T:
+        """``create()``, retried as :class:`Patience` retries, yet made once: before a retry,
+        ``find()`` looks for what an attempt whose reply was lost made after all."""
+        tried = False
+
+        def attempt() -> T:
+            nonlocal tried
+            if tried and (found := find()) is not None:
+                return found
+            tried = True
+            return create()
+
+        return self.patience.call(attempt)
+
+    def outer_run(self, experiment_id: str) -> str | None:
+        """The run the user has active around the search (a notebook's ``with
+        mlflow.start_run():``), if it is in this store and experiment: the study nests under it."""
+        run = mlflow.active_run()
+        if run is None or run.info.experiment_id != experiment_id or self.uri != mlflow.get_tracking_uri():
+            return None
         return run.info.run_id
 
     def log(self, run_id: str, *, params: Mapping[str, Any] | None = None,
@@ -217,41 +402,70 @@ class Tracker:
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import Model
 
-        logged = self.patience.call(
-            self.client.create_logged_model, experiment_id, name="model", source_run_id=run_id,
-            params={k: format_value(v) for k, v in params.items()})
-        self.patience.call(self.client.log_outputs, run_id, [LoggedModelOutput(logged.model_id, 0)])
-        with tempfile.TemporaryDirectory() as folder:
-            local = os.path.join(folder, "model")
-            description = Model(artifact_path=logged.artifact_location, run_id=run_id,
-                                model_uuid=logged.model_id, model_id=logged.model_id)
-            mlflow.keras.save_model(model, local, mlflow_model=description,
-                                    signature=_signature(model, x_sample),
-                                    pip_requirements=keras_requirements())
-            self.patience.call(self.client.log_model_artifacts, logged.model_id, local)
+        logged = self.once(
+            lambda: self.client.create_logged_model(experiment_id, name="model", source_run_id=run_id,
+                                                    params={k: format_value(v) for k, v in params.items()}),
+            lambda: next(iter(self.client.search_logged_models(
+                [experiment_id], f"source_run_id = '{run_id}' AND name = 'model'", max_results=1)), None))
+        try:
+            self.once(lambda: self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, 0)]),
+                      lambda: next((o for o in self.client.get_run(run_id).outputs.model_outputs
+                                    if o.model_id == logged.model_id), None))
+            with tempfile.TemporaryDirectory() as folder:
+                local = os.path.join(folder, "model")
+                description = Model(artifact_path=logged.artifact_location, run_id=run_id,
+                                    model_uuid=logged.model_id, model_id=logged.model_id)
+                mlflow.keras.save_model(model, local, mlflow_model=description,
+                                        signature=_signature(model, x_sample),
+                                        pip_requirements=keras_requirements())
+                self.patience.call(self.client.log_model_artifacts, logged.model_id, local)
+        except BaseException:  # interrupted, or failed: no model left PENDING forever
+            with suppress(Exception):  # a few seconds' patience: an interrupted user is waiting
+                Patience(self.uri, 10).call(self.client.finalize_logged_model, logged.model_id,
+                                            LoggedModelStatus.FAILED)
+            raise
         self.patience.call(self.client.finalize_logged_model, logged.model_id, LoggedModelStatus.READY)
+
+    def logged_model_name(self, model_id: str) -> str:
+        return self.patience.call(self.client.get_logged_model, model_id).name
 
     def sender(self, run_id: str) -> MetricSender:
         return MetricSender(self, run_id)
 
 
 def _signature(model: Any, x_sample: Any | None) -> Any:
-    """The model's signature from a few inputs and its declared output shape."""
+    """The model's signature from a few inputs and its declared output shape; several
+    inputs or outputs by their names."""
     from mlflow.models import infer_signature
 
     if x_sample is None:
         return None
-    try:
-        outputs = np.zeros((len(x_sample), *model.output_shape[1:]), dtype="float32")
-    except (AttributeError, TypeError, ValueError):  # several outputs, or not built
+    shape = getattr(model, "output_shape", None)
+    if isinstance(shape, tuple) and all(isinstance(d, int | None) for d in shape):
+        outputs = np.zeros((_rows(x_sample), *shape[1:]), dtype="float32")
+    else:  # several outputs, or not built
         try:
             outputs = model.predict(x_sample, verbose=0)
         except Exception:  # noqa: BLE001 - a model we cannot sample is logged without one
             return None
+    inputs = _by_name(x_sample, [getattr(t, "name", None) for t in getattr(model, "inputs", None) or ()])
     try:
-        return infer_signature(x_sample, outputs)
+        return infer_signature(inputs, _by_name(outputs, getattr(model, "output_names", None) or ()))
     except Exception:  # noqa: BLE001 - same
         return None
+
+
+def _rows(x: Any) -> int:
+    first = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, list | tuple) else x
+    return len(first)
+
+
+def _by_name(values: Any, names: list[str | None] | tuple[str, ...]) -> Any:
+    """A list of arrays as a dict by the model's input or output names (MLflow's signature
+    takes one array or a dict of them)."""
+    if isinstance(values, list | tuple) and len(values) == len(names) and all(names):
+        return dict(zip(names, values, strict=True))
+    return values
 
 
 @cache
@@ -271,21 +485,42 @@ def keras_requirements() -> list[str]:
     return requirements
 
 
+@dataclass
+class UserLogging:
+    """What the user's own MLflow calls did during a trial."""
+
+    model_id: str | None = None  # the model they logged (``mlflow.keras.log_model``), if any
+
+
 @contextmanager
-def fluent_run(run_id: str) -> Iterator[None]:
+def fluent_run(run_id: str, uri: str) -> Iterator[UserLogging]:
     """Let MLflow calls in the user's own code (tutorial style) log into the trial's run.
 
     ``mlflow.start_run()`` and a bare ``mlflow.log_metric`` resume the run named by
-    ``MLFLOW_RUN_ID``; a run they leave open on MLflow's stack is closed on the way out
-    (the trial sets its true status right after).
+    ``MLFLOW_RUN_ID``, on the study's store; a run they leave open on MLflow's stack is
+    closed on the way out (the trial sets its true status right after). A run the user
+    had active around the search (a notebook's ``with mlflow.start_run():``) is set aside
+    meanwhile, or ``mlflow.start_run()`` in the model would refuse to start.
     """
+    from mlflow.tracking import fluent
+
     previous = os.environ.get("MLFLOW_RUN_ID")
+    outer_runs = fluent._active_run_stack.get()
+    last_model = fluent._last_logged_model_id.get()
+    fluent._active_run_stack.set([])
     os.environ["MLFLOW_RUN_ID"] = run_id
+    logging = UserLogging()
     try:
-        yield
+        with using_uri(uri):
+            try:
+                yield logging
+            finally:
+                while (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
+                    mlflow.end_run()
     finally:
-        while (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
-            mlflow.end_run()
+        if fluent._last_logged_model_id.get() != last_model:
+            logging.model_id = fluent._last_logged_model_id.get()
+        fluent._active_run_stack.set(outer_runs)
         if previous is None:
             os.environ.pop("MLFLOW_RUN_ID", None)
         else:

@@ -8,9 +8,11 @@ pruned: then tagged ``tuning.pruned``). A failed trial is reported to hyperopt a
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import gc
 import json
+import logging
 import math
 import time
 import traceback
@@ -22,13 +24,22 @@ import keras
 import numpy as np
 from hyperopt import pyll
 
-from tuning.errors import TrackingError
+from tuning.errors import RecipeError, StoreError, TrackingError
 from tuning.keras_callback import EpochLog, recording
 from tuning.pruners import Curve, Pruning
 from tuning.recipe import Recipe
 from tuning.template import assigned
-from tuning.tracking import LOSS_METRIC, MetricSender, Tracker, fluent_run
+from tuning.tracking import (
+    INTERRUPTED_TAG,
+    LOSS_METRIC,
+    MODEL_ERROR_TAG,
+    RETRY_TAG,
+    MetricSender,
+    Tracker,
+    fluent_run,
+)
 
+_log = logging.getLogger("tuning")
 _ACCURACY_ALIASES = {"accuracy": ("acc", "categorical_accuracy", "sparse_categorical_accuracy",
                                   "binary_accuracy", "compile_metrics")}
 
@@ -98,11 +109,20 @@ class TrialResult:
     error: str | None = None
     seconds: float = 0.0
     curve: Curve = ()  # the objective after each epoch, as a loss (what pruning compares)
+    model_logged: bool = False  # whether ``runs:/<run_id>/model`` loads
+    # In the process that ran the trial only (see portable()): the exception that failed
+    # it, its frames' locals cleared, and what else model()'s result dict held.
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_hyperopt(self) -> dict[str, Any]:
         if self.status in (TrialStatus.OK, TrialStatus.PRUNED):
-            return {"status": "ok", "loss": self.loss, "run_id": self.run_id}
+            return {**self.extra, "status": "ok", "loss": self.loss, "run_id": self.run_id}
         return {"status": "fail", "run_id": self.run_id, "error": self.error}
+
+    def portable(self) -> TrialResult:
+        """This result without what may not survive a trip to another process."""
+        return dataclasses.replace(self, exception=None, extra={})
 
 
 class Reporter(Protocol):
@@ -127,6 +147,7 @@ class TrialSetup:
     quiet_fit: bool = False
     max_epochs: int | None = None
     pruning: Pruning | None = None
+    retries: tuple[tuple[int, str], ...] = ()  # (trial number, run id of the interrupted trial it reruns)
     test: tuple[Any, Any] | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -164,9 +185,11 @@ class TrialPruned(Exception):  # noqa: N818 - named as Optuna names it
 def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[str, Any]) -> TrialResult:
     """Run ``model(*data)`` with ``params`` as one MLflow child run of the study."""
     tracker = setup.tracker
+    retried = dict(setup.retries).get(number)
     run_id = tracker.start_run(setup.experiment_id, f"trial-{number}", "trial", setup.study_run_id,
                                tags={"tuning.trial": str(number),
-                                     "tuning.hyperopt_vals": json.dumps(raw, default=float)})
+                                     "tuning.hyperopt_vals": json.dumps(raw, default=float),
+                                     **({RETRY_TAG: retried} if retried else {})})
     tracker.log(run_id, params=params, tags=params)
     setup.reporter.trial_started(number, run_id, params)
     sender = tracker.sender(run_id)
@@ -187,13 +210,14 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
     try:
         if setup.seed is not None:
             keras.utils.set_random_seed((setup.seed + number) % 2**32)
-        with recording(log), assigned(params), fluent_run(run_id):
+        with recording(log), assigned(params), fluent_run(run_id, tracker.uri) as user:
             returned = setup.recipe.model(*setup.data)
-        model, loss, metrics = _outcome(returned, log, setup)
-        end_finished(setup, run_id, sender, model, params, {**metrics, LOSS_METRIC: loss},
-                     len(log.epochs))
+        model, loss, metrics, extra = _outcome(returned, log, setup)
+        logged = end_finished(setup, run_id, sender, model, params, {**metrics, LOSS_METRIC: loss},
+                              len(log.epochs), user.model_id)
         result = TrialResult(number, run_id, TrialStatus.OK, params, loss,
-                             seconds=time.perf_counter() - started, curve=tuple(curve))
+                             seconds=time.perf_counter() - started, curve=tuple(curve),
+                             model_logged=logged, extra=extra)
     except TrialPruned as pruned:
         sender.close()
         tracker.log(run_id, metrics={LOSS_METRIC: pruned.loss}, step=pruned.epoch + 1,
@@ -203,15 +227,19 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
                              seconds=time.perf_counter() - started, curve=tuple(curve))
     except KeyboardInterrupt:
         _close_quietly(sender)
+        tracker.log(run_id, tags={INTERRUPTED_TAG: "true"})  # --resume runs its configuration again
         tracker.end_run(run_id, "KILLED")
         raise
     except TrackingError:
         _close_quietly(sender)
         raise
+    except RecipeError as error:  # every trial would fail the same way: stop the study now
+        end_failed(tracker, run_id, sender, error)
+        raise
     except Exception as error:  # noqa: BLE001 - the user's code failed: record it, search on
         message = end_failed(tracker, run_id, sender, error)
         result = TrialResult(number, run_id, TrialStatus.FAILED, params, error=message,
-                             seconds=time.perf_counter() - started)
+                             seconds=time.perf_counter() - started, exception=_detached(error))
     finally:
         free_models()
     setup.reporter.trial_ended(result)
@@ -219,13 +247,36 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
 
 
 def end_finished(setup: TrialSetup, run_id: str, sender: MetricSender, model: Any, params: dict[str, Any],
-                 metrics: dict[str, float], steps: int) -> None:
-    """Deliver a trial's last metrics (loss included) and its model; end its run FINISHED."""
+                 metrics: dict[str, float], steps: int, user_model: str | None = None) -> bool:
+    """Deliver a trial's last metrics (loss included) and its model; end its run FINISHED.
+
+    ``user_model`` is the id of a model the user's own code logged into the run; if it is
+    named ``model`` it is the trial's model and ours is not logged beside it. Returns
+    whether ``runs:/<run_id>/model`` loads.
+    """
     sender.close()
-    setup.tracker.log(run_id, metrics=metrics, step=steps)
-    if setup.log_model and model is not None:
-        setup.tracker.log_keras_model(setup.experiment_id, run_id, model, _sample(setup.test), params)
-    setup.tracker.end_run(run_id, "FINISHED")
+    tracker = setup.tracker
+    tracker.log(run_id, metrics=metrics, step=steps)
+    logged = user_model is not None and tracker.logged_model_name(user_model) == "model"
+    if setup.log_model and model is not None and not logged:
+        try:
+            tracker.log_keras_model(setup.experiment_id, run_id, model, _sample(setup.test), params)
+            logged = True
+        except StoreError as error:  # the server cannot keep it (a full disk): the training still counts
+            _log.warning("the model of run %s was not stored: %s", run_id, error)
+            tracker.log(run_id, tags={MODEL_ERROR_TAG: str(error)})
+    tracker.end_run(run_id, "FINISHED")
+    return logged
+
+
+def _detached(error: Exception) -> Exception:
+    """``error`` without this module's frame, and with its frames' locals let go: it is
+    kept with the trial's result (``optim`` raises it as hyperas would), not the models
+    and data its frames held."""
+    if error.__traceback__ is not None:
+        error.__traceback__ = error.__traceback__.tb_next
+        traceback.clear_frames(error.__traceback__)
+    return error
 
 
 def end_failed(tracker: Tracker, run_id: str, sender: MetricSender, error: BaseException) -> str:
@@ -260,12 +311,21 @@ def settle() -> None:
     gc.freeze()
 
 
-def _outcome(returned: Any, log: EpochLog, setup: TrialSetup) -> tuple[Any, float, dict[str, float]]:
-    """The model to log, the loss for hyperopt and extra metrics, from what model() returned."""
+def _outcome(returned: Any, log: EpochLog, setup: TrialSetup
+             ) -> tuple[Any, float, dict[str, float], dict[str, Any]]:
+    """The model to log, the loss for hyperopt, extra metrics, and the other entries of a
+    result dict (hyperopt keeps them in ``trials.results``), from what model() returned.
+
+    A model() that returns no model (hyperas' tutorial leaves it out of its dict, to save
+    memory) has its last fitted model logged.
+    """
     model, given_loss = _unpack(returned)
+    model = model if model is not None else log.last_model
+    extra = ({k: v for k, v in returned.items() if k not in ("loss", "status", "model")}
+             if isinstance(returned, dict) else {})
     if given_loss is None:
-        return model, *measure(model, log.last, setup.objective, setup.test)
-    return model, _finite(float(given_loss)), {}
+        return model, *measure(model, log.last, setup.objective, setup.test), extra
+    return model, _finite(float(given_loss)), {}, extra
 
 
 def measure(model: Any, last_epoch: dict[str, float], objective: Objective,
@@ -310,16 +370,25 @@ def _unpack(returned: Any) -> tuple[Any, Any]:
         models = [r for r in returned if isinstance(r, keras.Model)]
         if models:
             return models[0], None
+    if returned is None:
+        raise RecipeError("model() returned None: end it with `return model` (a Keras model), "
+                          "`return history, model`, or `return {'loss': …, 'status': 'ok'}`")
     raise TrialFailure(
         "model() must return a Keras model, (history, model), or a hyperopt dict "
         f"{{'loss': …, 'status': 'ok'}}; it returned {type(returned).__name__}")
 
 
 def _sample(test: tuple[Any, Any] | None) -> Any:
+    """A few test inputs for the model's signature: an array, or a list or dict of them."""
     if test is None:
         return None
+    x = test[0]
     try:
-        return test[0][:5]
+        if isinstance(x, dict):
+            return {k: v[:5] for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [v[:5] for v in x]
+        return x[:5]
     except TypeError:
         return None
 

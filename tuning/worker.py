@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 
 from tuning.errors import RecipeError
+from tuning.tracking import INTERRUPTED_TAG
 from tuning.trial import Objective, Reporter, TrialResult, TrialSetup, TrialStatus, run_trial, settle
 
 _POLL = 0.2  # seconds between checks of a running trial
@@ -78,6 +79,7 @@ class TrialSpec:
     log_model: bool
     quiet_fit: bool
     max_epochs: int | None
+    retries: tuple[tuple[int, str], ...] = ()
 
     @classmethod
     def of(cls, setup: TrialSetup) -> TrialSpec:
@@ -88,7 +90,7 @@ class TrialSpec:
                               "read from one")
         return cls(filename, setup.recipe.data_path, setup.tracker.uri, setup.tracker.patience.seconds,
                    setup.experiment_id, setup.study_run_id, setup.objective, setup.seed,
-                   setup.log_model, setup.quiet_fit, setup.max_epochs)
+                   setup.log_model, setup.quiet_fit, setup.max_epochs, setup.retries)
 
     def setup(self, reporter: Reporter) -> TrialSetup:
         """Load the recipe and its data in this process: the study's TrialSetup again."""
@@ -101,7 +103,7 @@ class TrialSpec:
         setup = TrialSetup(Tracker(self.tracking_uri, self.patience), self.experiment_id,
                            self.study_run_id, recipe, recipe.load_data(), self.objective, reporter,
                            seed=self.seed, log_model=self.log_model, quiet_fit=self.quiet_fit,
-                           max_epochs=self.max_epochs)
+                           max_epochs=self.max_epochs, retries=self.retries)
         settle()  # this process lives for its trials
         return setup
 
@@ -185,7 +187,10 @@ class IsolatedRunner:
         self._process = self._connection = None
         tracker = self._setup.tracker
         if run_id is not None:
-            tracker.log(run_id, tags={"tuning.error": reason, "tuning.stopped_by": reason.split(":")[0]})
+            tags = {"tuning.error": reason, "tuning.stopped_by": reason.split(":")[0]}
+            if reason == "interrupted":
+                tags[INTERRUPTED_TAG] = "true"  # --resume runs its configuration again
+            tracker.log(run_id, tags=tags)
             tracker.end_run(run_id, status)
         result = TrialResult(number, run_id or "",
                              TrialStatus.KILLED if status == "KILLED" else TrialStatus.FAILED,
@@ -205,4 +210,4 @@ def _serve(connection: multiprocessing.connection.Connection, spec: TrialSpec) -
     connection.send(("ready",))
     while (job := connection.recv()) is not None:
         _, number, params, raw, setup.pruning = job
-        connection.send(("ended", run_trial(setup, number, params, raw)))
+        connection.send(("ended", run_trial(setup, number, params, raw).portable()))
