@@ -111,9 +111,17 @@ def test_run_then_best_in_a_fresh_folder_with_the_default_store(write_recipe, tm
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "mlflow.db").exists()  # MLflow's own default, so `mlflow ui` here shows it
     assert "study digits" in run.stdout and "2 trials finished, 0 failed" in run.stdout
-    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in run.stdout
+    assert "open the UI:      tuning ui\n" in run.stdout  # this folder's store is its default
+    assert "oneDNN" not in run.stderr and "absl" not in run.stderr  # TensorFlow's start-up chatter
     best_id = re.search(r"tuning.load_best\('([0-9a-f]{32})'\)", run.stdout).group(1)
-    assert "trial 1: loss" in run.stderr and "trial 2: loss" in run.stderr  # progress lines
+    pasted = re.search(r"reload the model: (.*)", run.stdout).group(1)  # works as printed
+    loaded = subprocess.run([sys.executable, "-c", pasted + "; print(model.count_params())"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0 and int(loaded.stdout.split()[-1]) > 0, loaded.stderr
+    assert "Downloading artifacts" not in loaded.stderr  # quiet by default
+    # Progress lines and the summary speak of the objective, not of hyperopt's negated loss.
+    assert re.search(r"trial 1: accuracy 0\.\d+ ▲", run.stderr) and "trial 2: accuracy" in run.stderr
+    assert re.search(r"│ accuracy ▲ +│ 0\.\d+ ", run.stdout) and "hyperopt" not in run.stdout
 
     best = subprocess.run([TUNING, "best", "digits", "--top", "5"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -123,6 +131,27 @@ def test_run_then_best_in_a_fresh_folder_with_the_default_store(write_recipe, tm
                                 "tags.`tuning.kind` = 'trial'", order_by=["metrics.hyperopt_loss ASC"])
     assert len(trials) == 2
     first, second = (best.stdout.index(r.info.run_id) for r in trials)
+    assert f"accuracy {-trials[0].data.metrics['hyperopt_loss']:.4g} ▲" in best.stdout
     assert first < second  # sorted by the objective, best first
-    assert f"runs:/{trials[0].info.run_id}/model" in best.stdout
+    assert f"tuning.load_best('{trials[0].info.run_id}')" in best.stdout
     assert best_id == trials[0].info.run_id  # the reload command printed by `run` names the best
+
+
+def test_space_of_literal_markers_imports_no_keras_and_shows_log_ranges(write_recipe):
+    recipe = write_recipe(model='''
+    def model(x_train, y_train, x_test, y_test):
+        return Dense(<<choice([1, 2])>>, rate=<<loguniform(-7, -3)>>)
+    ''')  # the recipe itself imports keras at its top
+    code = ("import sys\nfrom tuning.cli import main\ntry:\n    main(['space', sys.argv[1]])\n"
+            "except SystemExit as end:\n    assert not end.code, end.code\nprint('keras' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True, text=True,
+                           timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "e^-7 … e^-3 ≈ 0.000912 … 0.0498" in shown.stdout
+    assert shown.stdout.strip().endswith("False")  # read without running the recipe's imports
+
+    named = write_recipe(model='''
+    def model(x_train, y_train, x_test, y_test):
+        return Dense(<<choice(SIZES)>>)
+    ''', extra="SIZES = [4, 8]\n", name="named.py")
+    assert "4, 8" in invoke("space", str(named)).output  # names of the recipe: it is run

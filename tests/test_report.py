@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import signal
@@ -127,7 +128,7 @@ def test_report_command_prints_a_results_summary_and_writes_plots(study, tmp_pat
     best = study.best
     for expected in ("Results summary", f"Results in {tmp_path / 'plots'}", "Showing 2 best trials",
                      'Objective(name="accuracy", direction="max")', f"Trial {best.number} summary",
-                     f"Dense: {best.params['Dense']}", f"Score: {-best.loss:.6g}", f"Run: {best.run_id}",
+                     f"Dense: {best.params['Dense']}", f"accuracy: {-best.loss:.6g} ▲", f"Run: {best.run_id}",
                      "Hyperparameter importance:", "5 finished trials, 0 failed; wrote:"):
         assert expected in result.output
     assert result.output.count(" summary\n") == 3  # "Results summary" and two trials
@@ -184,7 +185,7 @@ def _started_ui(port: int, cwd: Path) -> tuple[subprocess.Popen[str], list[str]]
     """`tuning ui` in ``cwd``, and its output up to the line with the address (or its end)."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     process = subprocess.Popen([TUNING, "ui", "--port", str(port)], cwd=cwd, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = []
     assert process.stdout is not None
     for line in process.stdout:
@@ -200,7 +201,9 @@ def test_ui_serves_the_default_store_of_the_working_folder(study):
     port = free_port()
     process, lines = _started_ui(port, folder)
     try:
-        assert f"MLflow UI: http://127.0.0.1:{port}  (store {study.tracking_uri}; Ctrl-C stops it)\n" in lines
+        assert lines[0] == f"starting the MLflow UI on http://127.0.0.1:{port} (about 10 s) …\n"
+        address = f"MLflow UI: http://127.0.0.1:{port}  (store {study.tracking_uri}; Ctrl-C stops it)\n"
+        assert lines[1:] == [address]  # and nothing of MLflow's own
         client = MlflowClient(f"http://127.0.0.1:{port}")
         experiment = client.get_experiment_by_name("plots")
         assert experiment is not None and experiment.experiment_id == study.experiment_id
@@ -211,6 +214,7 @@ def test_ui_serves_the_default_store_of_the_working_folder(study):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+        assert process.stdout.read() == ""  # MLflow's request log and warnings stay in its log
     with pytest.raises(OSError):  # the server and its workers are gone with it
         socket.create_connection(("127.0.0.1", port), timeout=2)
 
@@ -223,3 +227,23 @@ def test_ui_on_a_taken_port_exits_1(tmp_path):
         result = invoke("ui", "--port", str(port))
     assert result.exit_code == 1
     assert f"port {port} on 127.0.0.1 is taken (another UI?): open http://127.0.0.1:{port}" in result.output
+
+
+def test_axes_follow_the_space_and_ties_rank_alike_in_best_and_report(study, tmp_path):
+    report = tuning.study_report("plots", study.tracking_uri, tmp_path / "axes")
+    assert report.axis("batch_size") == ("category", ["32", "64"])  # a choice, in the recipe's order
+    assert report.axis("activation") == ("category", ["relu", "tanh"])
+    assert report.axis("Dense") == ("linear", []) and report.axis("Dropout") == ("linear", [])
+    page = (tmp_path / "axes" / "report.html").read_text()
+    assert '"categoryarray":["32","64"]' in page.replace(" ", "")
+
+    def point(number: int, rate: float, dropout: float) -> Point:
+        return Point(number, f"run{number}", {"rate": str(rate), "dropout": str(dropout)}, 0.5, -0.5)
+
+    dropouts = [0.001, 0.01, 0.1, 0.3, 0.9]  # 900x apart: a guess from the values would say log
+    trials = tuple(point(n, 10.0 ** -n, dropouts[n - 1]) for n in range(1, 6))
+    space = {"rate": {"distribution": "loguniform(-12, -2)"}, "dropout": {"distribution": "uniform(0, 1)"}}
+    drawn = dataclasses.replace(report, trials=trials, space=space)
+    assert drawn.axis("rate") == ("log", [])
+    assert drawn.axis("dropout") == ("linear", [])  # a uniform is linear, however wide its values
+    assert [p.number for p in drawn.top(5)] == [1, 2, 3, 4, 5]  # a tie: the earlier trial first

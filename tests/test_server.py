@@ -63,6 +63,9 @@ def test_cli_study_against_a_real_server(mlflow_server, write_recipe, tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"open {mlflow_server} in a browser" in run.stdout
+    assert "View run" not in run.stdout + run.stderr  # MLflow's own line per run would cut into ours
+    # The reload command keeps the server it was given.
+    assert f"tracking_uri='{mlflow_server}')" in run.stdout
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
     assert [json.loads(line) for line in probe.read_text().splitlines()] == [2, 2, 2]

@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tuning.errors import NoTrialsError, TrackingError
+from tuning.objective import Objective
 from tuning.recipe import own_objects, run_file
 from tuning.template import Template
 from tuning.tracking import KIND_TAG, LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker, quiet_downloads, using_uri
@@ -36,11 +37,26 @@ def best_runs(experiment: str, top: int = 1, tracking_uri: str | None = None,
     query = f"tags.`{KIND_TAG}` = 'trial' and attributes.status = 'FINISHED'"
     if study_run_id:
         query += f" and tags.`mlflow.parentRunId` = '{study_run_id}'"
-    runs = tracker.client.search_runs([found.experiment_id], query, max_results=top,
-                                      order_by=[f"metrics.{LOSS_METRIC} ASC"])
+    runs = tracker.client.search_runs([found.experiment_id], query, max_results=top,  # a tie: the earlier
+                                      order_by=[f"metrics.{LOSS_METRIC} ASC", "attributes.start_time ASC"])
     if not runs:
         raise NoTrialsError(f"experiment {experiment!r} has no finished trial yet")
     return list(runs)
+
+
+def objectives(runs: list[Run], tracking_uri: str | None = None) -> dict[str, Objective]:
+    """The objective each trial run was judged by: its study's ``objective`` and ``mode``.
+
+    ``best_runs`` sorts by hyperopt's loss; this says what that loss means to a person
+    (a trial of population based training or a search alike).
+    """
+    client = Tracker(tracking_uri).client
+    studies: dict[str, Objective] = {}
+    for parent in {run.data.tags.get(MLFLOW_PARENT_RUN_ID) for run in runs} - {None}:
+        params = client.get_run(parent).data.params
+        studies[parent] = Objective.create(params.get("objective"), params.get("mode"))  # type: ignore[index]
+    return {run.info.run_id: studies.get(run.data.tags.get(MLFLOW_PARENT_RUN_ID), Objective())
+            for run in runs}
 
 
 def find_experiment(tracker: Tracker, name: str) -> Experiment:

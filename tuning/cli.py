@@ -6,6 +6,7 @@ Heavy imports (Keras, MLflow, hyperopt) happen inside the commands, so ``--help`
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shlex
 import signal
@@ -91,6 +92,8 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     # MLflow's "View run … at: http://…" line at every run's end would cut into the progress lines.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for chatty in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 @main.command()
@@ -203,12 +206,13 @@ def _stop_on_signals() -> None:
 
 def _print_study(study: Any) -> None:
     """How a study ended, its best trial and how to look at it; exit 1 if every trial failed."""
-    from tuning.tracking import default_uri, ui_command
+    from tuning.tracking import ui_command
 
     best = study.best
     pruned = len(study.pruned)
+    finished = len(study.trials) - len(study.failed) - pruned
     console.print(f"\nstudy [bold]{study.experiment}[/] ({study.run_id}): "
-                  f"{len(study.trials) - len(study.failed) - pruned} trials finished, "
+                  f"{finished} {_trials(finished)} finished, "
                   + (f"{pruned} pruned, " if pruned else "") + f"{len(study.failed)} failed; "
                   f"stopped: {study.stop_detail or study.stop_reason}")
     if best is None:
@@ -217,15 +221,16 @@ def _print_study(study: Any) -> None:
                  if study.failed and study.failed[0].run_id else "")
         raise click.ClickException(f"all {len(study.trials)} trials failed; first error: {first}{where}")
     table = Table("best trial", str(best.number), show_header=True)
-    table.add_row("loss (to hyperopt)", f"{best.loss:.6g}")
+    name, value = (("loss (model()'s) ▼", best.loss) if best.own_loss
+                   else (study.objective.label, study.objective.loss(best.loss)))
+    table.add_row(name, f"{value:.6g}")
     for name, value in best.params.items():
         table.add_row(name, str(value))
     table.add_row("run id", best.run_id)
     console.print(table)
     console.print(f"open the UI:      {ui_command(study.tracking_uri)}")
     if best.model_logged:  # never a reload command for a model the store does not have
-        uri = "" if study.tracking_uri == default_uri() else f", tracking_uri={study.tracking_uri!r}"
-        console.print(f"reload the model: tuning.load_best({best.run_id!r}{uri})")
+        console.print(f"reload the model: {_reload(best.run_id, study.tracking_uri)}")
     else:
         console.print("the best trial logged no model (--no-model, or model() trained none)")
 
@@ -235,17 +240,24 @@ def _print_study(study: Any) -> None:
 @friendly
 def space(recipe: str) -> None:
     """Print RECIPE's search space: names, distributions, lines, grid size."""
+    from tuning.errors import TemplateError
     from tuning.grid import grid_size
-    from tuning.recipe import Recipe
+    from tuning.recipe import Recipe, run_file
+    from tuning.template import Template
 
     _stop_on_signals()
-    loaded = Recipe.from_file(recipe)
-    distributions = loaded.template.distributions(loaded.namespace)
-    lines = {m.name: m.line for m in loaded.template.markers}
+    template = Template.from_file(recipe)
+    try:  # markers of literals need nothing of the recipe: no Keras, no TensorFlow to import
+        distributions = template.distributions()
+    except TemplateError:  # their arguments use the recipe's names: run it, imports and all
+        with console.status("running the recipe's imports (Keras, TensorFlow) to read its markers …"):
+            Recipe.from_file(recipe)  # reports a recipe without data() or model() as `run` would
+            distributions = template.distributions(run_file(template))
+    lines = {m.name: m.line for m in template.markers}
     table = Table("name", "distribution", "line", "values")
     for name, d in distributions.items():
         grid = d.grid
-        values = "continuous" if grid is None else (
+        values = (d.span or "continuous") if grid is None else (
             ", ".join(map(str, grid)) if len(grid) <= 8 else f"{len(grid)} values")
         table.add_row(name, d.describe() + (" → int" if d.is_integer else ""), str(lines[name]), values)
     console.print(table)
@@ -263,18 +275,22 @@ def space(recipe: str) -> None:
 @friendly
 def best(experiment: str, tracking_uri: str | None, top: int, register: str | None = None) -> None:
     """List EXPERIMENT's best finished trials, sorted by the objective."""
-    from tuning.best import best_runs
-    from tuning.tracking import LOSS_METRIC
+    from tuning.best import best_runs, objectives
+    from tuning.tracking import LOSS_METRIC, OWN_LOSS_TAG, resolve_uri
 
-    runs = best_runs(experiment, top, tracking_uri)
-    table = Table("#", "run id", LOSS_METRIC, "params")
+    with console.status(f"reading the trials of {experiment} …"):
+        runs = best_runs(experiment, top, tracking_uri)
+        judged = objectives(runs, tracking_uri)  # each run's study's objective
+    table = Table("#", "run id", "objective", "params")
     table.columns[1].no_wrap = True  # ids are copied from here: never cut them
     for rank, run in enumerate(runs, 1):
         params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(run.data.params.items()))
-        table.add_row(str(rank), run.info.run_id, f"{run.data.metrics.get(LOSS_METRIC, float('nan')):.6g}",
-                      params)
+        shown = judged[run.info.run_id].shown(run.data.metrics.get(LOSS_METRIC, float("nan")),
+                                             run.data.tags.get(OWN_LOSS_TAG) == "true")
+        table.add_row(str(rank), run.info.run_id, shown, params)
     console.print(table)
-    console.print(f"load one: mlflow.keras.load_model('runs:/{runs[0].info.run_id}/model')")
+    if runs[0].outputs and runs[0].outputs.model_outputs:
+        console.print(f"reload the best: {_reload(runs[0].info.run_id, resolve_uri(tracking_uri))}")
     if register:
         from tuning.best import CHAMPION, register_best
 
@@ -297,7 +313,8 @@ def report(experiment: str, tracking_uri: str | None, out: str | None, study: st
     """Plot a study of EXPERIMENT (objective by trial, hyperparameters, importance); list its best trials."""
     from tuning.report import log_report, study_report
 
-    made = study_report(experiment, tracking_uri, out or f"{experiment}-report", study=study)
+    with console.status(f"reading and plotting the study of {experiment} …"):
+        made = study_report(experiment, tracking_uri, out or f"{experiment}-report", study=study)
     console.print(made.summary(top), highlight=False, markup=False)
     console.print(f"\n{len(made.trials)} finished trials, {made.failed} failed; wrote:")
     for path in made.files:
@@ -316,6 +333,18 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     from tuning.ui import serve
 
     sys.exit(serve(tracking_uri, host, port, console.print))
+
+
+def _reload(run_id: str, uri: str) -> str:
+    """The Python line that reloads a trial's model, for this store."""
+    from tuning.tracking import default_uri
+
+    where = "" if uri == default_uri() else f", tracking_uri={uri!r}"
+    return f"import tuning; model = tuning.load_best({run_id!r}{where})"
+
+
+def _trials(count: int) -> str:
+    return "trial" if count == 1 else "trials"
 
 
 def _short(text: str) -> str:

@@ -193,6 +193,19 @@ class Distribution:
             return scope.int(expression)
         return expression
 
+    @property
+    def span(self) -> str | None:
+        """The values a log-scaled distribution takes, as numbers: its arguments are logs
+        (``loguniform(-7, -3)`` draws from e^-7 … e^-3 ≈ 0.000912 … 0.0498)."""
+        arguments = self.arguments
+        if self.kind in ("loguniform", "qloguniform"):
+            low, high = arguments["low"], arguments["high"]
+            return f"e^{low:g} … e^{high:g} ≈ {math.exp(low):.3g} … {math.exp(high):.3g}"
+        if self.kind in ("lognormal", "qlognormal"):
+            mu, sigma = arguments["mu"], arguments["sigma"]
+            return f"e^N({mu:g}, {sigma:g}): median ≈ {math.exp(mu):.3g}"
+        return None
+
     def describe(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
         return f"{self.kind}({', '.join(parts)})"

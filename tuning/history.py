@@ -17,7 +17,15 @@ from hyperopt.fmin import generate_trial
 from mlflow.entities import Run
 
 from tuning.best import trial_runs
-from tuning.tracking import INTERRUPTED_TAG, KIND_TAG, LOSS_METRIC, RETRY_TAG, STRATEGY_TAG, Tracker
+from tuning.tracking import (
+    INTERRUPTED_TAG,
+    KIND_TAG,
+    LOSS_METRIC,
+    OWN_LOSS_TAG,
+    RETRY_TAG,
+    STRATEGY_TAG,
+    Tracker,
+)
 from tuning.trial import TrialResult, TrialStatus
 
 _STATUS = {"FINISHED": TrialStatus.OK, "FAILED": TrialStatus.FAILED, "KILLED": TrialStatus.KILLED}
@@ -109,7 +117,8 @@ def _result(run: Run) -> TrialResult:
     params = {k: _typed(v) for k, v in run.data.params.items()}
     return TrialResult(int(run.data.tags["tuning.trial"]), run.info.run_id, status,
                        params, loss, run.data.tags.get("tuning.error"),
-                       model_logged=bool(run.outputs and run.outputs.model_outputs))
+                       model_logged=bool(run.outputs and run.outputs.model_outputs),
+                       own_loss=run.data.tags.get(OWN_LOSS_TAG) == "true")
 
 
 def _hyperopt_doc(result: TrialResult, raw: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import keras
+from tuning.quiet import tensorflow_start_up
+
+with tensorflow_start_up():
+    import keras
 
 EpochSink = Callable[[int, dict[str, float]], None]
 

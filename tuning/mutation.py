@@ -15,7 +15,10 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any, TypeGuard
 
-import keras
+from tuning.quiet import tensorflow_start_up
+
+with tensorflow_start_up():
+    import keras
 import numpy as np
 
 from tuning.distributions import Distribution

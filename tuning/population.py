@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keras
+from tuning.quiet import tensorflow_start_up
+
+with tensorflow_start_up():
+    import keras
 import numpy as np
 from hyperopt import pyll
 
@@ -125,7 +128,8 @@ def _run(recipe: Recipe, config: StudyConfig, plan: _Plan, tracker: Tracker) -> 
         {"population": plan.population, "rounds": plan.rounds, "epochs_per_round": epochs,
          "fraction": plan.fraction, "seed": config.seed, "objective": config.objective.metric,
          "mode": config.objective.mode}, tags={STRATEGY_TAG: "pbt"})
-    reporter: Reporter = (RichReporter(plan.population * plan.rounds) if config.progress
+    reporter: Reporter = (RichReporter(plan.population * plan.rounds, objective=config.objective)
+                          if config.progress
                           else SilentReporter())
     setup = TrialSetup(tracker, experiment_id, study_run_id, recipe, data, config.objective, reporter,
                        seed=config.seed, log_model=config.log_model, quiet_fit=config.progress)
@@ -152,7 +156,7 @@ def _run(recipe: Recipe, config: StudyConfig, plan: _Plan, tracker: Tracker) -> 
         result = StudyResult(tracker.uri, experiment_id, config.experiment, study_run_id, config.seed,
                              tuple(m.result for m in members), distributions, reason,
                              f"all {plan.rounds} rounds of {epochs} epochs ran; {len(events)} copies"
-                             if reason is StopReason.ROUNDS_DONE else "interrupted")
+                             if reason is StopReason.ROUNDS_DONE else "interrupted", config.objective)
         if status:
             tracker.log_json(study_run_id, events, "exploits.json")
             _finish(tracker, result, status)

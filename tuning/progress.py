@@ -17,7 +17,7 @@ from rich.progress import (
 from rich.text import Text
 
 from tuning.tracking import format_value
-from tuning.trial import TrialResult, TrialStatus
+from tuning.trial import Objective, TrialResult, TrialStatus
 
 
 class SilentReporter:
@@ -36,12 +36,14 @@ class SilentReporter:
 class RichReporter:
     """A progress bar over trials, the running epoch, and one line per finished trial."""
 
-    def __init__(self, total: int, done: int = 0, console: Console | None = None, best: float | None = None):
+    def __init__(self, total: int, done: int = 0, console: Console | None = None, best: float | None = None,
+                 objective: Objective | None = None):
         self.console = console or Console(stderr=True)
         self.best = best  # the best loss so far (of the trials before a resume)
+        self.objective = objective or Objective()
         self._status = StatusColumn()
-        self._progress = Progress(
-            TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        self._progress = Progress(  # one line, even at 80 columns: the status is cut to fit
+            TextColumn("[bold]trials"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
             self._status, console=self.console, transient=True)
         self._task = self._progress.add_task("trials", total=total, completed=done)
 
@@ -67,7 +69,8 @@ class RichReporter:
             improved = self.best is None or result.loss < self.best
             self.best = result.loss if improved else self.best
             mark = "[green]★ best[/]" if improved else ""
-            line = f"trial {result.number}: loss {result.loss:.4f} ({result.seconds:.1f} s) {mark}"
+            shown = self.objective.shown(result.loss, result.own_loss)
+            line = f"trial {result.number}: {shown} ({result.seconds:.1f} s) {mark}"
         else:
             line = f"trial {result.number}: [red]{result.status.value}[/] {result.error or ''}"
         self.console.print(f"{line}\n  [dim]{params}[/]")
@@ -83,7 +86,7 @@ class StatusColumn(ProgressColumn):
         self.text = ""
 
     def render(self, task: Task) -> Text:
-        return Text(self.text)
+        return Text(self.text, no_wrap=True, overflow="ellipsis")
 
 
 def _short(value: Any) -> str:

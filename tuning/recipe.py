@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning.errors import RecipeError
+from tuning.quiet import tensorflow_start_up
 from tuning.template import PARAM_FUNCTION, Template, param_value
 
 DEFAULT_NAMES = ("EXPERIMENT", "MAX_EVALS", "ALGO", "SEED", "OBJECTIVE", "MODE")
@@ -159,7 +160,8 @@ def run_file(template: Template) -> dict[str, Any]:
                                  "__builtins__": builtins, PARAM_FUNCTION: param_value}
     if str(path.parent) not in sys.path:  # local imports work as when the file is run as a script
         sys.path.insert(0, str(path.parent))
-    _execute(template, namespace)
+    with tensorflow_start_up():  # the recipe's own `import keras`, most often
+        _execute(template, namespace)
     return namespace
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import html
+import json
 import logging
 import math
 import tempfile
@@ -36,10 +37,11 @@ from typing import Any
 
 from tuning.best import find_experiment, trial_runs
 from tuning.errors import NoTrialsError
-from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker
+from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker, quiet_downloads
 
 REPORT_DIR = "report"  # the folder of the study run's artifacts that holds the plots
 MIN_TRIALS_FOR_IMPORTANCE = 4  # below this a forest explains noise, not hyperparameters
+TRUSTED_IMPORTANCE = 30  # below this many trials the importance plot says it is a rough guide
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,26 @@ class Report:
     importance: dict[str, float]  # highest first; empty with too few trials to tell
     folder: Path
     files: tuple[Path, ...]
+    space: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # the study's space.json
+
+    def axis(self, name: str) -> tuple[str, list[str]]:
+        """How to draw a hyperparameter: ``("category", options in the recipe's order)``,
+        ``("log", [])`` or ``("linear", [])``, from the marker's distribution (a guess from
+        the values for a study without ``space.json``)."""
+        marker = self.space.get(name, {})
+        kind = str(marker.get("distribution", "")).split("(", 1)[0]
+        raw = [t.params.get(name) for t in self.trials]
+        if kind in ("choice", "pchoice", "randint") or (not kind and _numbers(raw) is None):
+            order = [str(v) for v in marker.get("values") or []]
+            seen = [str(v) for v in dict.fromkeys(raw) if str(v) not in order]
+            return "category", order + sorted(seen)
+        if kind in ("loguniform", "qloguniform", "lognormal", "qlognormal"):
+            return "log", []
+        if not kind:
+            numbers = [n for n in _numbers(raw) or [] if n > 0]
+            if len(numbers) == len(raw) and max(numbers) / min(numbers) > 100:
+                return "log", []
+        return "linear", []
 
     @property
     def params(self) -> list[str]:
@@ -75,8 +97,8 @@ class Report:
         return list(dict.fromkeys(name for t in self.trials for name in t.params))
 
     def top(self, n: int = 5) -> list[Point]:
-        """The ``n`` best trials, best first."""
-        return sorted(self.trials, key=lambda t: t.loss)[:n]
+        """The ``n`` best trials, best first; a tie goes to the earlier trial, as in ``best``."""
+        return sorted(self.trials, key=lambda t: (t.loss, t.number))[:n]
 
     def summary(self, top: int = 5) -> str:
         """The best trials as keras-tuner's ``results_summary()`` prints them."""
@@ -86,7 +108,8 @@ class Report:
         for point in best:
             lines += ["", f"Trial {point.number} summary", "Hyperparameters:",
                       *(f"{name}: {value}" for name, value in point.params.items()),
-                      f"Score: {point.value:.6g}", f"Run: {point.run_id}"]
+                      f"{self.objective}: {point.value:.6g} {'▲' if self.mode == 'max' else '▼'}",
+                      f"Run: {point.run_id}"]
         if self.importance:
             lines += ["", "Hyperparameter importance:",
                       *(f"{name}: {share:.3f}" for name, share in self.importance.items())]
@@ -126,7 +149,7 @@ def study_report(experiment: str, tracking_uri: str | None = None, out: str | Pa
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="tuning-report-"))
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(experiment, study_run.info.run_id, objective, mode, points, failed,
-                    importance(points), folder, ())
+                    importance(points), folder, (), _space(tracker, study_run.info.run_id))
     return dataclasses.replace(report, files=tuple(_draw(report)))
 
 
@@ -167,6 +190,16 @@ def importance(trials: Sequence[Point]) -> dict[str, float]:
     forest.fit(x, [t.value for t in trials])
     shares = {name: float(share) for name, share in zip(names, forest.feature_importances_, strict=True)}
     return dict(sorted(shares.items(), key=lambda item: -item[1]))
+
+
+def _space(tracker: Tracker, study_run_id: str) -> dict[str, dict[str, Any]]:
+    """The study's ``space.json``: each marker's distribution and values."""
+    try:
+        with tempfile.TemporaryDirectory() as folder, quiet_downloads():
+            return json.loads(Path(tracker.client.download_artifacts(study_run_id, "space.json",
+                                                                     folder)).read_text())
+    except Exception:  # noqa: BLE001 - a study without it: the values guide the axes
+        return {}
 
 
 def _newest_study(tracker: Tracker, experiment_id: str, experiment: str) -> Any:
@@ -245,16 +278,13 @@ def _params_png(report: Report) -> Path:
     for index, name in enumerate(names, 1):
         axes = figure.add_subplot(rows, columns, index)
         raw = [t.params.get(name) for t in report.trials]
-        numbers = _numbers(raw)
-        if numbers is None:  # categorical: one column of points per option
-            labels = sorted({str(v) for v in raw})
+        scale, labels = report.axis(name)
+        if scale == "category":  # one column of points per option, in the recipe's order
             axes.scatter([labels.index(str(v)) for v in raw], values)
             axes.set_xticks(range(len(labels)), labels)
         else:
-            axes.scatter(numbers, values)
-            positive = [n for n in numbers if n > 0]
-            if len(positive) == len(numbers) and max(positive) / min(positive) > 100:
-                axes.set_xscale("log")  # loguniform-like ranges are unreadable on a linear axis
+            axes.scatter(_numbers(raw), values)
+            axes.set_xscale(scale)
         axes.set(xlabel=name, ylabel=report.objective)
         axes.grid(alpha=0.3)
     figure.suptitle(f"{report.experiment}: hyperparameters against {report.objective}")
@@ -266,7 +296,8 @@ def _importance_png(report: Report) -> Path:
     axes = figure.add_subplot()
     names = list(report.importance)[::-1]  # barh draws bottom-up: the most important on top
     axes.barh(names, [report.importance[n] for n in names])
-    axes.set(xlabel="importance (random forest)", title=f"what explains {report.objective}")
+    axes.set(xlabel="importance (random forest)",
+             title=f"what explains {report.objective}{_few(report)}")
     return _save(figure, report.folder / "importance.png")
 
 
@@ -292,10 +323,15 @@ def _html(report: Report) -> Path:
                            subplot_titles=names)
     for index, name in enumerate(names):
         raw = [t.params.get(name) for t in report.trials]
-        x = _numbers(raw) or [str(v) for v in raw]
+        scale, labels = report.axis(name)
+        x = [str(v) for v in raw] if scale == "category" else _numbers(raw)
+        row, col = index // columns + 1, index % columns + 1
         params.add_trace(go.Scatter(x=x, y=values, mode="markers", name=name, hovertext=hover,
                                     hoverinfo="text+y", showlegend=False, marker_color="#1f77b4"),
-                         row=index // columns + 1, col=index % columns + 1)
+                         row=row, col=col)
+        axis = ({"type": "category", "categoryorder": "array", "categoryarray": labels}
+                if scale == "category" else {"type": scale})
+        params.update_xaxes(row=row, col=col, **axis)
     params.update_layout(title=f"hyperparameters against {report.objective}",
                          height=320 * math.ceil(max(1, len(names)) / columns))
     figures = [objective, params]
@@ -304,7 +340,7 @@ def _html(report: Report) -> Path:
         figures.append(go.Figure(go.Bar(x=[report.importance[n] for n in names], y=names,
                                         orientation="h")))
         figures[-1].update_layout(title=f"hyperparameter importance for {report.objective} "
-                                        "(random forest)")
+                                        f"(random forest){_few(report)}")
     parts = [figure.to_html(full_html=False, include_plotlyjs=index == 0)  # the script once
              for index, figure in enumerate(figures)]
     path = report.folder / "report.html"
@@ -314,6 +350,13 @@ def _html(report: Report) -> Path:
                     f"<p>{len(report.trials)} finished trials, {report.failed} failed</p>"
                     + "".join(parts) + "</body></html>", encoding="utf-8")
     return path
+
+
+def _few(report: Report) -> str:
+    """A caution on an importance drawn from few trials: a forest on a dozen points mostly
+    explains noise."""
+    count = len(report.trials)
+    return f" — from only {count} trials: a rough guide" if count < TRUSTED_IMPORTANCE else ""
 
 
 def _csv(report: Report) -> Path:

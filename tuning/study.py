@@ -118,6 +118,7 @@ class StudyResult:
     space: dict[str, Distribution]
     stop_reason: StopReason | None = None  # None: the study could not be closed (store away)
     stop_detail: str = ""
+    objective: Objective = Objective()
 
     @property
     def best(self) -> TrialResult | None:
@@ -268,8 +269,8 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
                      config.objective.curve_keys, config.objective.loss(1.0))
 
     best = min((r.loss for r in results if r.status is TrialStatus.OK and r.loss is not None), default=None)
-    reporter: Reporter = (RichReporter(config.max_evals, done=len(results), best=best) if config.progress
-                          else SilentReporter())
+    reporter: Reporter = (RichReporter(config.max_evals, done=len(results), best=best,
+                                       objective=config.objective) if config.progress else SilentReporter())
     setup = TrialSetup(tracker, experiment_id, study_run_id, recipe, data, config.objective,
                        reporter, seed=config.seed, log_model=config.log_model,
                        quiet_fit=config.progress, max_epochs=config.max_epochs, pruning=pruning,
@@ -344,7 +345,7 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
                 session.stop()
         result = StudyResult(tracker.uri, experiment_id, config.experiment, study_run_id,
                              config.seed, tuple(results), distributions, reason,
-                             rules.detail or _stop_detail(reason, len(results)))
+                             rules.detail or _stop_detail(reason, len(results)), config.objective)
         if status:
             _finish(tracker, result, status)
     return result
@@ -376,7 +377,8 @@ def _search(recipe: Recipe, distributions: dict[str, Distribution],
 
 
 def _stop_detail(reason: StopReason, trials: int) -> str:
-    return {StopReason.MAX_EVALS: f"all {trials} trials of the budget ran",
+    budget = "the budget's one trial ran" if trials == 1 else f"all {trials} trials of the budget ran"
+    return {StopReason.MAX_EVALS: budget,
             StopReason.GRID_DONE: f"every one of the grid's {trials} points ran",
             StopReason.INTERRUPTED: "interrupted",
             StopReason.TRACKING: "the tracking server stayed away"}.get(reason, "")

@@ -43,6 +43,7 @@ SEND_INTERVAL = 1.0  # seconds over which per-epoch metrics are gathered into on
 KIND_TAG = "tuning.kind"  # "study" or "trial": how queries tell our runs apart
 STRATEGY_TAG = "tuning.strategy"  # "pbt" on population based training studies, else absent
 LOSS_METRIC = "hyperopt_loss"  # the value handed to hyperopt, minimised
+OWN_LOSS_TAG = "tuning.own_loss"  # "true" when model() returned the loss itself (not the objective)
 MODEL_ERROR_TAG = "tuning.model_error"  # why a finished trial has no model (the server refused it)
 CREATE_TAG = "tuning.create_id"  # chosen by the client, so a run made by a retried request is found
 INTERRUPTED_TAG = "tuning.interrupted"  # "true" on a trial whose study was stopped (or died) under it
@@ -116,7 +117,7 @@ def ui_command(uri: str) -> str:
     """How a user opens the MLflow UI on this store."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+    return "tuning ui" if uri == default_uri() else f"tuning ui --tracking-uri {uri}"
 
 
 def format_value(value: Any) -> str:

@@ -20,12 +20,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import keras
+from tuning.quiet import tensorflow_start_up
+
+with tensorflow_start_up():
+    import keras
 import numpy as np
 from hyperopt import pyll
 
 from tuning.errors import RecipeError, StoreError, TrackingError
 from tuning.keras_callback import EpochLog, recording
+from tuning.objective import Objective
 from tuning.pruners import Curve, Pruning
 from tuning.recipe import Recipe
 from tuning.template import assigned
@@ -33,6 +37,7 @@ from tuning.tracking import (
     INTERRUPTED_TAG,
     LOSS_METRIC,
     MODEL_ERROR_TAG,
+    OWN_LOSS_TAG,
     RETRY_TAG,
     MetricSender,
     Tracker,
@@ -40,8 +45,6 @@ from tuning.tracking import (
 )
 
 _log = logging.getLogger("tuning")
-_ACCURACY_ALIASES = {"accuracy": ("acc", "categorical_accuracy", "sparse_categorical_accuracy",
-                                  "binary_accuracy", "compile_metrics")}
 
 
 class TrialStatus(enum.StrEnum):
@@ -49,52 +52,6 @@ class TrialStatus(enum.StrEnum):
     FAILED = "failed"
     KILLED = "killed"
     PRUNED = "pruned"  # stopped between epochs by the study's pruner
-
-
-@dataclass(frozen=True)
-class Objective:
-    """What a trial is judged by: ``metric`` (e.g. ``accuracy``, ``val_loss``) and ``mode``.
-
-    Names starting with ``val_`` come from the last epoch of the last ``fit``; other names
-    are measured by ``model.evaluate(x_test, y_test)`` (falling back to the last epoch).
-    """
-
-    metric: str = "accuracy"
-    mode: str = "max"
-
-    @classmethod
-    def create(cls, metric: str | None = None, mode: str | None = None) -> Objective:
-        metric = metric or "accuracy"
-        if mode is None:
-            mode = "min" if any(w in metric for w in ("loss", "error", "mse", "mae")) else "max"
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        return cls(metric, mode)
-
-    def loss(self, value: float) -> float:
-        """The value hyperopt minimises."""
-        return -value if self.mode == "max" else value
-
-    def find(self, *sources: dict[str, float]) -> float | None:
-        names = (self.metric, *_ACCURACY_ALIASES.get(self.metric, ()))
-        for source in sources:
-            for name in names:
-                if name in source:
-                    return source[name]
-        return None
-
-    @property
-    def curve_keys(self) -> tuple[str, ...]:
-        """The epoch metrics a learning curve is read from, best first: validation, then training."""
-        names = (self.metric, *_ACCURACY_ALIASES.get(self.metric, ()))
-        if self.metric.startswith("val_"):
-            return names
-        return (*(f"val_{n}" for n in names), *names)
-
-    def epoch_loss(self, logs: dict[str, float]) -> float | None:
-        """The objective as measured on one epoch's logs, as a loss; None if not logged."""
-        value = next((logs[k] for k in self.curve_keys if k in logs), None)
-        return None if value is None else self.loss(value)
 
 
 @dataclass(frozen=True)
@@ -110,6 +67,7 @@ class TrialResult:
     seconds: float = 0.0
     curve: Curve = ()  # the objective after each epoch, as a loss (what pruning compares)
     model_logged: bool = False  # whether ``runs:/<run_id>/model`` loads
+    own_loss: bool = False  # model() returned its loss itself (a hyperas dict), not the objective
     # In the process that ran the trial only (see portable()): the exception that failed
     # it, its frames' locals cleared, and what else model()'s result dict held.
     exception: BaseException | None = field(default=None, compare=False, repr=False)
@@ -213,11 +171,12 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
         with recording(log), assigned(params), fluent_run(run_id, tracker.uri) as user:
             returned = setup.recipe.model(*setup.data)
         model, loss, metrics, extra = _outcome(returned, log, setup)
+        own = isinstance(returned, dict) and returned.get("loss") is not None
         logged = end_finished(setup, run_id, sender, model, params, {**metrics, LOSS_METRIC: loss},
-                              len(log.epochs), user.model_id)
+                              len(log.epochs), user.model_id, tags={OWN_LOSS_TAG: "true"} if own else None)
         result = TrialResult(number, run_id, TrialStatus.OK, params, loss,
                              seconds=time.perf_counter() - started, curve=tuple(curve),
-                             model_logged=logged, extra=extra)
+                             model_logged=logged, own_loss=own, extra=extra)
     except TrialPruned as pruned:
         sender.close()
         tracker.log(run_id, metrics={LOSS_METRIC: pruned.loss}, step=pruned.epoch + 1,
@@ -247,7 +206,8 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
 
 
 def end_finished(setup: TrialSetup, run_id: str, sender: MetricSender, model: Any, params: dict[str, Any],
-                 metrics: dict[str, float], steps: int, user_model: str | None = None) -> bool:
+                 metrics: dict[str, float], steps: int, user_model: str | None = None,
+                 tags: dict[str, str] | None = None) -> bool:
     """Deliver a trial's last metrics (loss included) and its model; end its run FINISHED.
 
     ``user_model`` is the id of a model the user's own code logged into the run; if it is
@@ -256,7 +216,7 @@ def end_finished(setup: TrialSetup, run_id: str, sender: MetricSender, model: An
     """
     sender.close()
     tracker = setup.tracker
-    tracker.log(run_id, metrics=metrics, step=steps)
+    tracker.log(run_id, metrics=metrics, step=steps, tags=tags)
     logged = user_model is not None and tracker.logged_model_name(user_model) == "model"
     if setup.log_model and model is not None and not logged:
         try:

@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tuning.tracking import resolve_uri
@@ -50,15 +52,21 @@ def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000,
     if not _free(host, port):  # mlflow would take half a minute to find out, and exit 0
         say(f"port {port} on {host} is taken (another UI?): open {address}, or choose another --port")
         return 1
+    say(f"starting the MLflow UI on {address} (about 10 s) …")
     # Its own session, so that stopping it also stops the web workers it forks. One worker:
-    # a personal UI needs no more, and it starts in seconds instead of half a minute.
+    # a personal UI needs no more, and it starts in seconds instead of half a minute. Its
+    # own messages (a request log, warnings, a traceback when stopped) go to a log file.
+    log = tempfile.NamedTemporaryFile(prefix="tuning-ui-", suffix=".log", delete=False)
     process = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                 "--host", host, "--port", str(port), "--workers", "1"],
-                               start_new_session=True, env=server_environment())
+                               start_new_session=True, env=server_environment(), stdout=log,
+                               stderr=subprocess.STDOUT)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         if not _started(process, address):
-            say(f"mlflow ui did not start on {address} (exit code {process.poll()}); its messages are above")
+            said = Path(log.name).read_text(errors="replace").strip().splitlines()[-15:]
+            say(f"mlflow ui did not start on {address} (exit code {process.poll()}); it said:\n"
+                + "\n".join(said) + f"\n(all of it in {log.name})")
             return 1
         say(f"MLflow UI: {address}  (store {uri}; Ctrl-C stops it)")
         return process.wait()
@@ -67,6 +75,7 @@ def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000,
     finally:
         signal.signal(signal.SIGTERM, previous)
         _stop(process)
+        log.close()
 
 
 def _free(host: str, port: int) -> bool:
@@ -92,7 +101,7 @@ def _started(process: subprocess.Popen[bytes], address: str) -> bool:
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: mlflow stops its job workers too
+    os.killpg(process.pid, signal.SIGTERM)  # the server and its workers, at once
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
