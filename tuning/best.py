@@ -14,6 +14,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tuning.errors import NoTrialsError, TrackingError
 from tuning.objective import Objective
+from tuning.quiet import tensorflow_start_up
 from tuning.recipe import own_objects, run_file
 from tuning.template import Template
 from tuning.tracking import KIND_TAG, LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker, quiet_downloads, using_uri
@@ -152,7 +153,9 @@ def load_best(which: str, tracking_uri: str | None = None,
         model = tuning.load_best("digits_cnn")        # or "models:/digits@champion"
         model.predict(x_test[:5])
     """
-    import mlflow.keras
+    with tensorflow_start_up():  # a new process's first Keras import: no TensorFlow chatter
+        import keras  # noqa: F401 - MLflow's loader imports it only when it loads
+        import mlflow.keras
 
     tracker = Tracker(tracking_uri)
     uri = model_uri(which, tracker.uri)

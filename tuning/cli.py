@@ -283,6 +283,7 @@ def best(experiment: str, tracking_uri: str | None, top: int, register: str | No
         judged = objectives(runs, tracking_uri)  # each run's study's objective
     table = Table("#", "run id", "objective", "params")
     table.columns[1].no_wrap = True  # ids are copied from here: never cut them
+    table.columns[3].overflow = "fold"  # every value shown, wrapped if need be
     for rank, run in enumerate(runs, 1):
         params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(run.data.params.items()))
         shown = judged[run.info.run_id].shown(run.data.metrics.get(LOSS_METRIC, float("nan")),

@@ -70,7 +70,7 @@ class RichReporter:
             self.best = result.loss if improved else self.best
             mark = "[green]★ best[/]" if improved else ""
             shown = self.objective.shown(result.loss, result.own_loss)
-            line = f"trial {result.number}: {shown} ({result.seconds:.1f} s) {mark}"
+            line = f"trial {result.number}: {shown} ({result.seconds:.1f} s) {mark}".rstrip()
         else:
             line = f"trial {result.number}: [red]{result.status.value}[/] {result.error or ''}"
         self.console.print(f"{line}\n  [dim]{params}[/]")

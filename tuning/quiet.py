@@ -3,7 +3,9 @@
 Importing TensorFlow 2.21 prints absl INFO lines (oneDNN, CPU features) before its
 logging is set up, so ``TF_CPP_MIN_LOG_LEVEL`` cannot silence them. Keras is first
 imported inside :func:`tensorflow_start_up`, which holds back exactly those lines and
-passes on anything else written to stderr meanwhile.
+passes on anything else written to stderr meanwhile; it also sets
+``TF_CPP_MIN_LOG_LEVEL=2`` (unless set) for the same lines logged later, as the
+``tuning`` command does.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ def tensorflow_start_up() -> Iterator[None]:
     if "keras" in sys.modules:  # imported before us: its lines, if any, are out already
         yield
         return
+    # The lines TensorFlow logs once its logging is up (at its first operation) heed this;
+    # a user who wants them sets it to 0.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

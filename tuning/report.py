@@ -111,7 +111,7 @@ class Report:
                       f"{self.objective}: {point.value:.6g} {'▲' if self.mode == 'max' else '▼'}",
                       f"Run: {point.run_id}"]
         if self.importance:
-            lines += ["", "Hyperparameter importance:",
+            lines += ["", "Hyperparameter importance" + (_few(self) or "") + ":",
                       *(f"{name}: {share:.3f}" for name, share in self.importance.items())]
         return "\n".join(lines)
 
@@ -270,6 +270,8 @@ def _objective_png(report: Report) -> Path:
 
 
 def _params_png(report: Report) -> Path:
+    from matplotlib.ticker import NullFormatter
+
     names = report.params
     columns = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / columns))
@@ -285,6 +287,8 @@ def _params_png(report: Report) -> Path:
         else:
             axes.scatter(_numbers(raw), values)
             axes.set_xscale(scale)
+            if scale == "log":  # within a decade matplotlib labels every minor tick: they overlap
+                axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set(xlabel=name, ylabel=report.objective)
         axes.grid(alpha=0.3)
     figure.suptitle(f"{report.experiment}: hyperparameters against {report.objective}")

@@ -68,9 +68,10 @@ def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000,
             say(f"mlflow ui did not start on {address} (exit code {process.poll()}); it said:\n"
                 + "\n".join(said) + f"\n(all of it in {log.name})")
             return 1
-        say(f"MLflow UI: {address}  (store {uri}; Ctrl-C stops it)")
+        say(f"MLflow UI: {address}  (store {uri}; Ctrl-C stops it; MLflow's own messages: {log.name})")
         return process.wait()
     except KeyboardInterrupt:
+        Path(log.name).unlink(missing_ok=True)  # stopped as asked: its log is of no more use
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
