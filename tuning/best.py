@@ -13,11 +13,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tuning.errors import NoTrialsError, TrackingError
+from tuning.fluent import quiet_downloads, using_uri
 from tuning.objective import Objective
 from tuning.quiet import tensorflow_start_up
 from tuning.recipe import own_objects, run_file
 from tuning.template import Template
-from tuning.tracking import KIND_TAG, LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker, quiet_downloads, using_uri
+from tuning.tracking import KIND_TAG, LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _PAGE = 1000

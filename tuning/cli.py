@@ -276,7 +276,8 @@ def space(recipe: str) -> None:
 def best(experiment: str, tracking_uri: str | None, top: int, register: str | None = None) -> None:
     """List EXPERIMENT's best finished trials, sorted by the objective."""
     from tuning.best import best_runs, objectives
-    from tuning.tracking import LOSS_METRIC, OWN_LOSS_TAG, resolve_uri
+    from tuning.fluent import resolve_uri
+    from tuning.tracking import LOSS_METRIC, OWN_LOSS_TAG
 
     with console.status(f"reading the trials of {experiment} …"):
         runs = best_runs(experiment, top, tracking_uri)
@@ -338,7 +339,7 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
 
 def _reload(run_id: str, uri: str) -> str:
     """The Python line that reloads a trial's model, for this store."""
-    from tuning.tracking import default_uri
+    from tuning.fluent import default_uri
 
     where = "" if uri == default_uri() else f", tracking_uri={uri!r}"
     return f"import tuning; model = tuning.load_best({run_id!r}{where})"

@@ -38,12 +38,13 @@ from tuning.distributions import Distribution
 from tuning.errors import RecipeError, TrackingError, TuningError
 from tuning.keras_callback import EpochLog, FitCaptured, capturing, recording
 from tuning.mutation import MUTABLE, explore, is_real, mutable
+from tuning.patience import DEFAULT_PATIENCE
 from tuning.progress import RichReporter, SilentReporter
 from tuning.recipe import Recipe
 from tuning.stopping import StopReason
 from tuning.study import StudyConfig, StudyResult, _finish, start_study_run
 from tuning.template import assigned
-from tuning.tracking import DEFAULT_PATIENCE, LOSS_METRIC, STRATEGY_TAG, MetricSender, Tracker
+from tuning.tracking import LOSS_METRIC, STRATEGY_TAG, MetricSender, Tracker
 from tuning.trial import (
     Reporter,
     TrialResult,

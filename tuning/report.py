@@ -37,7 +37,8 @@ from typing import Any
 
 from tuning.best import find_experiment, trial_runs
 from tuning.errors import NoTrialsError
-from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker, quiet_downloads
+from tuning.fluent import quiet_downloads
+from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker
 
 REPORT_DIR = "report"  # the folder of the study run's artifacts that holds the plots
 MIN_TRIALS_FOR_IMPORTANCE = 4  # below this a forest explains noise, not hyperparameters

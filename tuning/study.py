@@ -28,12 +28,13 @@ from tuning.distributions import Distribution
 from tuning.errors import ConfigurationError, TemplateError, TrackingError
 from tuning.grid import Grid
 from tuning.lease import Lease
+from tuning.patience import DEFAULT_PATIENCE
 from tuning.progress import RichReporter, SilentReporter
 from tuning.pruners import Pruner, Pruning
 from tuning.recipe import Recipe
 from tuning.spark import Cluster
 from tuning.stopping import StopReason, StopRules
-from tuning.tracking import DEFAULT_PATIENCE, LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker
+from tuning.tracking import LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker
 from tuning.trial import (
     Objective,
     Reporter,

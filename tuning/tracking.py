@@ -11,10 +11,8 @@ from __future__ import annotations
 import fcntl
 import importlib.metadata
 import json
-import logging
 import os
 import queue
-import re
 import tempfile
 import threading
 import time
@@ -24,7 +22,6 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
 
@@ -32,13 +29,13 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException, RestException
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from tuning.errors import StoreError, TrackingError
+from tuning.errors import TrackingError
+from tuning.fluent import default_uri, resolve_uri, user_experiment
+from tuning.patience import DEFAULT_PATIENCE, Patience
 
-_log = logging.getLogger("tuning")
-DEFAULT_PATIENCE = 600.0  # seconds a tracking server may be away before the study stops
 SEND_INTERVAL = 1.0  # seconds over which per-epoch metrics are gathered into one request
 KIND_TAG = "tuning.kind"  # "study" or "trial": how queries tell our runs apart
 STRATEGY_TAG = "tuning.strategy"  # "pbt" on population based training studies, else absent
@@ -50,67 +47,7 @@ INTERRUPTED_TAG = "tuning.interrupted"  # "true" on a trial whose study was stop
 RETRY_TAG = "tuning.retry_of"  # on a trial that reruns an interrupted one: that one's run id
 SOURCE_FUNCTION_TAG = "tuning.source_function"  # the study's model function, in the file tagged tuning.recipe
 _MAX_VALUE_LENGTH = 6000  # MLflow's limit for a param/tag value is 6000 characters
-
-
-def resolve_uri(tracking_uri: str | None) -> str:
-    """The argument or flag; else the user's own MLflow setup: ``mlflow.set_tracking_uri``
-    earlier in this process (a hosted service's ``init()`` calls it too), else
-    ``MLFLOW_TRACKING_URI``; else MLflow's default in the working folder."""
-    return tracking_uri or mlflow.get_tracking_uri()
-
-
-def default_uri() -> str:
-    """MLflow's default store in this working folder, where no ``mlruns/`` file store is."""
-    from mlflow.utils.file_utils import path_to_local_sqlite_uri
-
-    return path_to_local_sqlite_uri(os.path.abspath("mlflow.db"))
-
-
-def user_experiment() -> tuple[str | None, str | None]:
-    """``(id, name)`` of the experiment the user's MLflow setup chose, either may be None:
-    ``mlflow.set_experiment`` earlier in this process, else the active run's, else
-    ``MLFLOW_EXPERIMENT_NAME`` / ``MLFLOW_EXPERIMENT_ID``. Both None: nothing chosen."""
-    from mlflow.tracking import fluent
-
-    if fluent._active_experiment_id:  # set by mlflow.set_experiment; MLflow has no getter
-        return fluent._active_experiment_id, None
-    if (run := mlflow.active_run()) is not None:
-        return run.info.experiment_id, None
-    return os.environ.get("MLFLOW_EXPERIMENT_ID") or None, os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
-
-
-@contextmanager
-def quiet_downloads() -> Iterator[None]:
-    """No "Downloading artifacts" progress bars in this block (a model load prints several)."""
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
-
-
-@contextmanager
-def using_uri(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking URI is ``uri`` in this block, and exactly what it was after.
-
-    For the calls that read it (model loading, the user's own ``mlflow.*`` calls in a
-    trial). ``mlflow.set_tracking_uri(None)`` would also delete ``MLFLOW_TRACKING_URI``
-    from the environment, so the variable is put back by hand.
-    """
-    from mlflow.tracking._tracking_service import utils
-
-    previous, variable = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if variable is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = variable
+T = TypeVar("T")
 
 
 def ui_command(uri: str) -> str:
@@ -131,59 +68,6 @@ def format_value(value: Any) -> str:
     else:
         text = repr(value)
     return text[:_MAX_VALUE_LENGTH]
-
-
-T = TypeVar("T")
-
-
-ABSENT, SERVER = "absent", "server"
-_AWAY_CODES = {429, 502, 503, 504}  # busy, or a proxy in front of a server that is away
-_SERVER_TRIES = 3  # a server error may be passing (a locked database): tried this often, quickly
-
-
-def _fault(error: BaseException) -> str | None:
-    """``ABSENT``: the store cannot be reached now; ``SERVER``: it answered with an error
-    of its own (a full disk); None: the request itself is wrong."""
-    import requests
-
-    code = None
-    if isinstance(error, requests.HTTPError) and error.response is not None:
-        code = error.response.status_code  # an artifact upload or download
-    elif isinstance(error, MlflowException):
-        found = re.search(r"failed with error code (\d+)|too many (\d+) error responses", error.message)
-        code = int(found.group(1) or found.group(2)) if found else None
-        if error.error_code in {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}:
-            return ABSENT
-        if code is None and "failed with" in error.message:  # refused, reset, timed out
-            return ABSENT
-        if code is None:  # the server's own error reply, or a wrong request
-            own = isinstance(error, RestException) and error.error_code == "INTERNAL_ERROR"
-            return SERVER if own else None
-    elif isinstance(error, OSError):
-        return ABSENT
-    if code is None:
-        return None
-    return ABSENT if code in _AWAY_CODES else SERVER if code >= 500 else None
-
-
-def _server_says(error: BaseException) -> str:
-    """What the server's error reply says, short. An artifact upload's reply says no more
-    than its status (the server logs why: a full disk, say), so the request is named."""
-    import requests
-
-    if isinstance(error, requests.HTTPError) and error.response is not None:
-        text = f"HTTP {error.response.status_code}: {error.response.text}"
-    else:
-        text = str(getattr(error, "message", error))
-    request = re.search(r"API request to (\S+) failed", text)
-    status = re.search(r"error code (\d+)|too many (\d+) error responses|HTTP (\d+)", text)
-    body = re.search(r"Response body: '(.{0,300})", text) or re.search(r"HTTP \d+: (.{0,300})", text)
-    if status and request:
-        code = next(g for g in status.groups() if g)
-        said = " ".join(body.group(1).split()) if body else "Internal Server Error"
-        return (f"HTTP {code} ({said}) to {urllib.parse.urlparse(request.group(1)).path}; the server's "
-                "log says why (a full artifact disk, a broken database)")
-    return " ".join(text.split())[:300]
 
 
 @contextmanager
@@ -208,47 +92,6 @@ def _check_alive(experiment: Any) -> None:
         raise TrackingError(
             f"experiment {experiment.name!r} was deleted; restore it with `mlflow experiments restore "
             f"--experiment-id {experiment.experiment_id}` or choose another --experiment")
-
-
-class Patience:
-    """Retries writes while the tracking store is away, with backoff, for a bounded time.
-
-    The time counts from the first failure of a call; past it, :class:`TrackingError`
-    stops the study (every trial delivered so far is on the server; ``--resume`` goes on).
-    """
-
-    def __init__(self, uri: str, seconds: float):
-        self.uri = uri
-        self.seconds = seconds
-
-    def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        deadline, delay, server_errors = None, 0.5, 0
-        while True:
-            try:
-                return function(*args, **kwargs)
-            except Exception as error:  # noqa: BLE001 - sorted below: transient or not
-                fault = _fault(error)
-                if fault is None:
-                    raise
-                if fault == SERVER:
-                    server_errors += 1
-                    if server_errors >= _SERVER_TRIES:
-                        raise StoreError(f"the tracking server {self.uri} answered with an error of "
-                                         f"its own: {_server_says(error)}") from error
-                    time.sleep(server_errors)
-                    continue
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.seconds
-                    _log.warning("tracking store %s unreachable (%s); retrying for up to %.0f s",
-                                 self.uri, error, self.seconds)
-                if now >= deadline:
-                    raise TrackingError(
-                        f"the tracking store {self.uri} was unreachable for {self.seconds:.0f} s "
-                        f"({error}); trials delivered before are kept: continue with --resume "
-                        "once it is back") from error
-                time.sleep(min(delay, deadline - now))
-                delay = min(delay * 2, 10.0)
 
 
 class Tracker:
@@ -484,48 +327,6 @@ def keras_requirements() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return requirements
-
-
-@dataclass
-class UserLogging:
-    """What the user's own MLflow calls did during a trial."""
-
-    model_id: str | None = None  # the model they logged (``mlflow.keras.log_model``), if any
-
-
-@contextmanager
-def fluent_run(run_id: str, uri: str) -> Iterator[UserLogging]:
-    """Let MLflow calls in the user's own code (tutorial style) log into the trial's run.
-
-    ``mlflow.start_run()`` and a bare ``mlflow.log_metric`` resume the run named by
-    ``MLFLOW_RUN_ID``, on the study's store; a run they leave open on MLflow's stack is
-    closed on the way out (the trial sets its true status right after). A run the user
-    had active around the search (a notebook's ``with mlflow.start_run():``) is set aside
-    meanwhile, or ``mlflow.start_run()`` in the model would refuse to start.
-    """
-    from mlflow.tracking import fluent
-
-    previous = os.environ.get("MLFLOW_RUN_ID")
-    outer_runs = fluent._active_run_stack.get()
-    last_model = fluent._last_logged_model_id.get()
-    fluent._active_run_stack.set([])
-    os.environ["MLFLOW_RUN_ID"] = run_id
-    logging = UserLogging()
-    try:
-        with using_uri(uri):
-            try:
-                yield logging
-            finally:
-                while (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
-                    mlflow.end_run()
-    finally:
-        if fluent._last_logged_model_id.get() != last_model:
-            logging.model_id = fluent._last_logged_model_id.get()
-        fluent._active_run_stack.set(outer_runs)
-        if previous is None:
-            os.environ.pop("MLFLOW_RUN_ID", None)
-        else:
-            os.environ["MLFLOW_RUN_ID"] = previous
 
 
 class MetricSender:

@@ -28,6 +28,7 @@ import numpy as np
 from hyperopt import pyll
 
 from tuning.errors import RecipeError, StoreError, TrackingError
+from tuning.fluent import fluent_run
 from tuning.keras_callback import EpochLog, recording
 from tuning.objective import Objective
 from tuning.pruners import Curve, Pruning
@@ -41,7 +42,6 @@ from tuning.tracking import (
     RETRY_TAG,
     MetricSender,
     Tracker,
-    fluent_run,
 )
 
 _log = logging.getLogger("tuning")

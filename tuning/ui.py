@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuning.tracking import resolve_uri
+from tuning.fluent import resolve_uri
 
 START_TIMEOUT = 120.0  # seconds: a first start migrates the sqlite schema, slow on small machines
 
