@@ -136,11 +136,12 @@ class Dispatcher:
         ``ended`` (called on the driver with each result) says stop; running ones finish."""
         domain = base.Domain(None, space)  # suggest functions read only the space
         running, stopping = 0, False
+        # Reruns of interrupted trials, queued by a resume before the search starts: they go first.
+        queued = [d for d in trials.trials if d["state"] == base.JOB_STATE_NEW]
         while True:
             while not stopping and running < self.parallelism:
-                queued = [d for d in trials.trials if d["state"] == base.JOB_STATE_NEW]  # reruns, on resume
                 if queued:
-                    self._start(domain, trials, queued[0])
+                    self._start(domain, trials, queued.pop(0))
                     running += 1
                     continue
                 if len(trials.trials) >= max_evals:
