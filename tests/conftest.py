@@ -89,13 +89,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(folder: Path, port: int, *extra: str, env: dict[str, str] | None = None
-                 ) -> subprocess.Popen:
-    """A real ``mlflow server`` on 127.0.0.1:port over a sqlite store in ``folder``; waits for /health."""
+def start_server(folder: Path, port: int, *extra: str, env: dict[str, str] | None = None,
+                 backend: str | None = None) -> subprocess.Popen:
+    """A real ``mlflow server`` on 127.0.0.1:port over a sqlite store in ``folder`` (or the
+    ``backend`` store URI given), artifacts in ``folder``/artifacts; waits for /health."""
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     process = subprocess.Popen(
         [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--backend-store-uri", backend or f"sqlite:///{folder / 'server.db'}",
          "--artifacts-destination", str(folder / "artifacts"), *extra],
         cwd=folder, stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT,
         start_new_session=True, env={**server_environment(), **(env or {})})

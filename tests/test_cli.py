@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+import tuning
 from tests.conftest import free_port
 from tuning.cli import main
 
@@ -99,6 +100,36 @@ def test_all_trials_failing_exits_1_with_the_first_error(write_recipe, store):
 def test_best_on_a_missing_experiment(store):
     result = invoke("best", "nothing", "--tracking-uri", store)
     assert result.exit_code == 1 and "no experiment 'nothing'" in result.output
+
+
+@pytest.mark.parametrize("name", ["keras", "six"])
+def test_a_recipe_named_like_an_installed_module_names_the_clash(write_recipe, store, name):
+    recipe = write_recipe(name=f"{name}.py")
+    result = invoke("run", str(recipe), "--tracking-uri", store)
+    assert result.exit_code == 1
+    assert f"{name}.py: the recipe's file name shadows the installed module '{name}'" in result.output
+    assert f"Rename the file, e.g. to {name}_recipe.py" in result.output
+    assert str(recipe.parent) not in sys.path  # nothing else in this process imports the recipe
+
+
+def test_best_and_report_take_the_experiment_as_an_option_too(write_recipe, store, tmp_path, monkeypatch):
+    tuning.minimize(write_recipe(extra="EXPERIMENT = 'named'\n"), max_evals=2, seed=1, tracking_uri=store,
+                    progress=False)
+    positional = invoke("best", "named", "--tracking-uri", store)
+    optional = invoke("best", "--experiment", "named", "--tracking-uri", store)
+    assert positional.exit_code == optional.exit_code == 0
+    assert optional.output == positional.output and "tuning.load_best(" in optional.output
+    report = invoke("report", "--experiment", "named", "--tracking-uri", store, "--out", str(tmp_path / "r"))
+    assert report.exit_code == 0 and (tmp_path / "r" / "report.html").is_file()
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "named")  # as for `tuning run`, MLflow's own variable
+    assert invoke("best", "--tracking-uri", store).output == positional.output
+    assert "no experiment 'other'" in invoke("best", "other", "--tracking-uri", store).output  # given wins
+    clash = CliRunner().invoke(main, ["best", "named", "--experiment", "other", "--tracking-uri", store])
+    assert clash.exit_code == 2 and "two experiments given: 'named' and --experiment 'other'" in clash.output
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    none = CliRunner().invoke(main, ["best", "--tracking-uri", store])
+    assert none.exit_code == 2
+    assert "name the experiment: tuning best NAME (or --experiment NAME)" in none.output
 
 
 @pytest.mark.slow

@@ -129,6 +129,20 @@ def test_a_dead_spark_worker_fails_its_trial_and_the_study_goes_on(mlflow_server
     assert crashed.run_id == dead.info.run_id and dead.data.tags["tuning.error"] == crashed.error
 
 
+def test_executors_run_the_recipe_source_the_driver_sent_not_the_file(mlflow_server, write_recipe):
+    # The recipe deletes its own file as the driver loads it: an executor that read the file
+    # (a host without the working folder) could not run the trial.
+    gone = "import os\nEXPERIMENT = 'shipped'\nif os.path.exists(__file__):\n    os.remove(__file__)\n"
+    path = write_recipe(extra=gone)
+    study = tuning.minimize(path, max_evals=2, seed=3, parallelism=2, tracking_uri=mlflow_server,
+                            progress=False)
+    assert not path.exists()
+    assert [t.status for t in study.trials] == [TrialStatus.OK] * 2, [t.error for t in study.trials]
+    (parent,), trials = study_runs(mlflow_server, "shipped")
+    assert parent.info.status == "FINISHED" and {r.info.status for r in trials} == {"FINISHED"}
+    assert all(r.data.metrics.get("val_accuracy") for r in trials)
+
+
 def test_a_spark_trial_is_pruned_by_the_curves_of_the_trials_before_it(mlflow_server, write_recipe):
     path = write_recipe(LEARNING_RATE_MODEL, epochs=3, extra="EXPERIMENT = 'pruned'\n")
     # One slot: trial 2's task starts after trial 1 ended, and carries its curve to the executor.

@@ -17,6 +17,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The name on the package index (``pip install keras-mlflow-tuning``): "tuning" there is
+# an unrelated project. The import name and the command stay ``tuning``.
+DISTRIBUTION = "keras-mlflow-tuning"
+
 if TYPE_CHECKING:
     from tuning.best import best_runs, load_best, register_best
     from tuning.errors import (

@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from tuning import signals
+from tuning import DISTRIBUTION, signals
 
 console = Console(soft_wrap=True)  # long lines (commands, run ids) stay whole for copy-paste
 
@@ -67,6 +67,25 @@ def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
     return debug_option(wrapper)
 
 
+def experiment_named(command: Callable[..., Any]) -> Callable[..., Any]:
+    """EXPERIMENT given positionally or as ``--experiment NAME`` (as ``tuning run`` takes it),
+    else ``$MLFLOW_EXPERIMENT_NAME``."""
+    @click.argument("experiment", required=False)
+    @click.option("--experiment", "named", metavar="NAME", envvar="MLFLOW_EXPERIMENT_NAME",
+                  help="The experiment, if not given positionally [default: $MLFLOW_EXPERIMENT_NAME].")
+    @functools.wraps(command)
+    def wrapper(*args: Any, experiment: str | None, named: str | None, **kwargs: Any) -> Any:
+        from_environment = (click.get_current_context().get_parameter_source("named")
+                            is click.core.ParameterSource.ENVIRONMENT)
+        if experiment and named and experiment != named and not from_environment:
+            raise click.UsageError(f"two experiments given: {experiment!r} and --experiment {named!r}")
+        if not (experiment or named):
+            raise click.UsageError(f"name the experiment: tuning {command.__name__} NAME "
+                                   "(or --experiment NAME)")
+        return command(*args, experiment=experiment or named, **kwargs)
+    return wrapper
+
+
 def resume_command() -> str:
     """The command line that was run, with --resume: what continues an interrupted study."""
     args = [a for a in sys.argv[1:] if a != "--resume"]
@@ -81,12 +100,12 @@ def use_backend(backend: str) -> None:
         raise click.UsageError("--backend must be chosen before Keras is imported")
     if importlib.util.find_spec(backend) is None:
         raise click.UsageError(f"--backend {backend} needs the {backend} package: "
-                               f"pip install 'tuning[{backend}]'")
+                               f"pip install '{DISTRIBUTION}[{backend}]'")
     os.environ["KERAS_BACKEND"] = backend
 
 
 @click.group()
-@click.version_option(package_name="tuning")
+@click.version_option(package_name=DISTRIBUTION)
 def main() -> None:
     """Hyperparameter search for templated Keras models, every trial tracked in MLflow."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
@@ -267,7 +286,7 @@ def space(recipe: str) -> None:
 
 
 @main.command()
-@click.argument("experiment")
+@experiment_named
 @tracking_uri_option
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--register", metavar="NAME",
@@ -302,7 +321,7 @@ def best(experiment: str, tracking_uri: str | None, top: int, register: str | No
 
 
 @main.command()
-@click.argument("experiment")
+@experiment_named
 @tracking_uri_option
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for the plots [default: EXPERIMENT-report].")

@@ -20,6 +20,7 @@ constant       meaning                               default
 from __future__ import annotations
 
 import builtins
+import importlib.machinery
 import inspect
 import sys
 import traceback
@@ -34,6 +35,7 @@ from tuning.quiet import tensorflow_start_up
 from tuning.template import PARAM_FUNCTION, Template, param_value
 
 DEFAULT_NAMES = ("EXPERIMENT", "MAX_EVALS", "ALGO", "SEED", "OBJECTIVE", "MODE")
+MODULE_NAME = "__tuning_recipe__"  # a recipe file's __name__: its __main__ part does not run
 
 
 @dataclass
@@ -73,8 +75,12 @@ class Recipe:
     @classmethod
     def from_file(cls, path: str | Path) -> Recipe:
         """Compile and execute a recipe file; it must define ``data()`` and ``model(...)``."""
-        path = Path(path)
-        template = Template.from_file(path)
+        return cls.from_template(Template.from_file(path))
+
+    @classmethod
+    def from_template(cls, template: Template) -> Recipe:
+        """Execute a compiled recipe file, or its source sent to a host that lacks the file."""
+        path = template.filename
         namespace = run_file(template)
         missing = [n for n in ("data", "model") if not callable(namespace.get(n))]
         if missing:
@@ -99,6 +105,20 @@ class Recipe:
         namespace[PARAM_FUNCTION] = param_value
         _execute(template, namespace)
         return cls(template, namespace, namespace[template.function], data)
+
+    def file_source(self) -> str:
+        """The whole recipe file's text, which another process (a worker, a Spark executor
+        on a host without the file) runs as the recipe; the file is not read again there."""
+        filename = self.template.filename
+        if self.namespace.get("__name__") == MODULE_NAME:
+            return self.template.source  # compiled from the whole file
+        try:  # functions of a script (hyperas' style): the script is the recipe
+            if not filename.startswith("<") and "ipykernel" not in filename:
+                return Path(filename).read_text(encoding="utf-8")
+        except OSError:
+            pass
+        raise RecipeError("trials in other processes (--trial-timeout, --trial-max-memory, --isolate, "
+                          "--parallelism) need a recipe file; this model was not read from one")
 
     def custom_objects(self) -> dict[str, Any]:
         """The functions and classes the recipe defines (losses, metrics, layers, ``Lambda``
@@ -156,13 +176,36 @@ def run_file(template: Template) -> dict[str, Any]:
     """Execute a compiled recipe file as a module of its own (not ``__main__``: a script's
     ``if __name__ == "__main__":`` part does not run); its namespace."""
     path = Path(template.filename).resolve()
-    namespace: dict[str, Any] = {"__name__": "__tuning_recipe__", "__file__": str(path),
+    namespace: dict[str, Any] = {"__name__": MODULE_NAME, "__file__": str(path),
                                  "__builtins__": builtins, PARAM_FUNCTION: param_value}
     if str(path.parent) not in sys.path:  # local imports work as when the file is run as a script
+        _check_not_shadowing(path)
         sys.path.insert(0, str(path.parent))
+        _RECIPE_FOLDERS.add(path.parent)
     with tensorflow_start_up():  # the recipe's own `import keras`, most often
         _execute(template, namespace)
     return namespace
+
+
+_RECIPE_FOLDERS: set[Path] = set()  # put on sys.path for recipes' own imports
+
+
+def _check_not_shadowing(path: Path) -> None:
+    """With its folder first on ``sys.path``, a recipe named ``keras.py`` or ``six.py`` would
+    be what ``import keras`` (the recipe's own, or TensorFlow's ``import six``) finds."""
+    if not path.stem.isidentifier() or path.stem in sys.builtin_module_names:  # builtins come first
+        return
+    ours = _RECIPE_FOLDERS | {path.parent}  # another recipe of the same name is no clash
+    installed = [p for p in sys.path if Path(p or ".").resolve() not in ours]
+    found = importlib.machinery.PathFinder.find_spec(path.stem, installed)
+    for finder in sys.meta_path:  # editable installs have finders of their own
+        if found is None and finder is not importlib.machinery.PathFinder:
+            found = getattr(finder, "find_spec", lambda *_: None)(path.stem, None)
+    if found is not None:
+        where = f" ({found.origin})" if found.origin not in (None, "frozen") else ""
+        raise RecipeError(f"{path}: the recipe's file name shadows the installed module "
+                          f"'{path.stem}'{where}: `import {path.stem}` would import the recipe. "
+                          f"Rename the file, e.g. to {path.stem}_recipe.py")
 
 
 def own_objects(namespace: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import numpy as np
 from hyperopt import Trials, base
 from hyperopt.utils import coarse_utcnow
 
-from tuning import history
+from tuning import DISTRIBUTION, history
 from tuning.errors import TrackingError, TuningError
 from tuning.progress import SilentReporter
 from tuning.pruners import Pruning
@@ -43,7 +43,7 @@ from tuning.worker import TrialSpec
 
 _SHARED_SCHEMES = ("http", "https", "databricks")  # stores that executors on other hosts reach
 INSTALL = ("--parallelism runs trials on Apache Spark, which needs pyspark and Java 17 or newer: "
-           "pip install 'tuning[spark]' and apt-get install openjdk-17-jre-headless "
+           f"pip install '{DISTRIBUTION}[spark]' and apt-get install openjdk-17-jre-headless "
            "(or set JAVA_HOME)")
 
 

@@ -26,6 +26,7 @@ import inspect
 import io
 import keyword
 import linecache
+import os
 import textwrap
 import tokenize
 from collections.abc import Callable, Iterator, Mapping
@@ -110,8 +111,9 @@ class Template:
             Marker(name, m.expression, m.line, m.column, m.explicit_name is not None, m.builders)
             for name, m in zip(names, found, strict=True)
         )
-        if filename.startswith("<"):
-            # Let tracebacks show the user's line for source that has no file.
+        if filename.startswith("<") or not os.path.isfile(filename):
+            # Let tracebacks show the user's line for source that has no file (here: a
+            # recipe shipped to a Spark executor on another host).
             lines = io.StringIO(source).readlines()  # as the tokenizer splits them
             linecache.cache[filename] = (len(source), None, lines, filename)
         return cls(source, code, filename, function, markers)

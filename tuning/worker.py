@@ -19,7 +19,6 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -68,7 +67,8 @@ class TrialSpec:
     """What another process (a worker, a Spark executor) needs to rebuild the study's
     TrialSetup: plain, picklable values."""
 
-    recipe: str
+    recipe: str  # the file's name: in tracebacks, and the folder of the recipe's own imports
+    source: str  # its text, so that an executor on another host needs no copy of the file
     data_path: str | None
     tracking_uri: str
     patience: float
@@ -83,21 +83,19 @@ class TrialSpec:
 
     @classmethod
     def of(cls, setup: TrialSetup) -> TrialSpec:
-        filename = setup.recipe.template.filename
-        if filename.startswith("<") or not Path(filename).is_file():
-            raise RecipeError("trials in other processes (--trial-timeout, --trial-max-memory, "
-                              "--isolate, --parallelism) need a recipe file; this model was not "
-                              "read from one")
-        return cls(filename, setup.recipe.data_path, setup.tracker.uri, setup.tracker.patience.seconds,
-                   setup.experiment_id, setup.study_run_id, setup.objective, setup.seed,
-                   setup.log_model, setup.quiet_fit, setup.max_epochs, setup.retries)
+        recipe = setup.recipe
+        return cls(recipe.template.filename, recipe.file_source(), recipe.data_path, setup.tracker.uri,
+                   setup.tracker.patience.seconds, setup.experiment_id, setup.study_run_id,
+                   setup.objective, setup.seed, setup.log_model, setup.quiet_fit, setup.max_epochs,
+                   setup.retries)
 
     def setup(self, reporter: Reporter) -> TrialSetup:
         """Load the recipe and its data in this process: the study's TrialSetup again."""
         from tuning.recipe import Recipe
+        from tuning.template import Template
         from tuning.tracking import Tracker
 
-        recipe = Recipe.from_file(self.recipe)
+        recipe = Recipe.from_template(Template.from_source(self.source, self.recipe))
         if self.data_path:
             recipe.use_data_file(self.data_path)
         setup = TrialSetup(Tracker(self.tracking_uri, self.patience), self.experiment_id,
