@@ -108,7 +108,7 @@ def test_resume_refuses_a_different_algorithm(slow_recipe, store, tmp_path, monk
     monkeypatch.setenv("STOP_AT", "2")
     with pytest.raises(KeyboardInterrupt):
         tuning.minimize(slow_recipe, max_evals=3, algo="tpe", tracking_uri=store, progress=False)
-    with pytest.raises(ValueError, match="was run with algo=tpe; leave out --algo"):
+    with pytest.raises(tuning.ConfigurationError, match="was run with algo=tpe; leave out --algo"):
         tuning.minimize(slow_recipe, max_evals=3, algo="rand", tracking_uri=store, progress=False,
                         resume=True)
 

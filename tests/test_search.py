@@ -149,7 +149,7 @@ def test_stop_rules():
     assert StopRules(Objective.create("val_loss"), target=0.2).check([result(1, 0.19)])
     timeout = StopRules(accuracy, timeout=1e-9)
     assert timeout.check(history[:1]) and timeout.reason is StopReason.TIMEOUT
-    with pytest.raises(ValueError, match="early_stop must be at least 1"):
+    with pytest.raises(tuning.ConfigurationError, match="early_stop must be at least 1"):
         StopRules(accuracy, early_stop=0)
 
 

@@ -54,7 +54,7 @@ def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return command(*args, **kwargs)
-        except (TuningError, ValueError) as error:
+        except TuningError as error:  # ours; anything else is a bug, and shows its traceback
             if debug:
                 raise
             click.echo(f"error: {error}", err=True)

@@ -21,8 +21,10 @@ from typing import Any
 from hyperopt import hp
 from hyperopt.pyll import scope
 
+from tuning.errors import ConfigurationError
 
-class DistributionError(ValueError):
+
+class DistributionError(ConfigurationError):
     """A marker's arguments do not fit its distribution (the template adds file and line)."""
 
 

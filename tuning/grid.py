@@ -22,7 +22,7 @@ import numpy as np
 from hyperopt.fmin import generate_trial
 
 from tuning.distributions import Distribution
-from tuning.errors import TemplateError
+from tuning.errors import ConfigurationError, TemplateError
 from tuning.template import Template
 
 _INDEXED = frozenset({"choice", "pchoice"})  # hyperopt stores these as the option's index
@@ -34,7 +34,7 @@ class Grid:
     def __init__(self, template: Template, distributions: dict[str, Distribution],
                  fraction: float = 1.0, seed: int = 0):
         if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+            raise ConfigurationError(f"fraction must be in (0, 1], got {fraction}")
         self._names = list(distributions)
         self._kinds = [distributions[n].kind for n in self._names]
         self._values = [_values(template, name, d) for name, d in distributions.items()]

@@ -35,7 +35,7 @@ import numpy as np
 from hyperopt import pyll
 
 from tuning.distributions import Distribution
-from tuning.errors import RecipeError, TrackingError, TuningError
+from tuning.errors import ConfigurationError, RecipeError, TrackingError, TuningError
 from tuning.keras_callback import EpochLog, FitCaptured, capturing, recording
 from tuning.mutation import MUTABLE, explore, is_real, mutable
 from tuning.patience import DEFAULT_PATIENCE
@@ -83,13 +83,14 @@ def pbt(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[], Any
         model = tuning.load_best(study.experiment)
     """
     if population < 2:
-        raise ValueError(f"population must be at least 2, since members copy each other; got {population}")
+        raise ConfigurationError(f"population must be at least 2, since members copy each other; "
+                                 f"got {population}")
     if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
+        raise ConfigurationError(f"rounds must be at least 1, got {rounds}")
     if epochs_per_round is not None and epochs_per_round < 1:
-        raise ValueError(f"epochs_per_round must be at least 1, got {epochs_per_round}")
+        raise ConfigurationError(f"epochs_per_round must be at least 1, got {epochs_per_round}")
     if not 0 < fraction <= 0.5:
-        raise ValueError(f"fraction must be in (0, 0.5]: the share that copies and the share "
+        raise ConfigurationError(f"fraction must be in (0, 0.5]: the share that copies and the share "
                          f"copied from; got {fraction}")
     recipe = Recipe.of(recipe, data)
     config = StudyConfig.merge(recipe, dict(seed=seed, experiment=experiment, objective=objective,

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
 
+from tuning.errors import ConfigurationError
+
 Curve = tuple[float, ...]  # one loss per epoch, lower is better
 
 
@@ -127,7 +129,7 @@ def create(pruner: str | Pruner | None) -> Pruner | None:
     if pruner == "none":
         return None
     if pruner not in PRUNERS:
-        raise ValueError(f"unknown pruner {pruner!r}: choose one of {', '.join(PRUNERS)} or none")
+        raise ConfigurationError(f"unknown pruner {pruner!r}: choose one of {', '.join(PRUNERS)} or none")
     return PRUNERS[pruner]()
 
 

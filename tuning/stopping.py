@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tuning.errors import ConfigurationError
 from tuning.trial import Objective, TrialResult, TrialStatus
 
 
@@ -42,9 +43,9 @@ class StopRules:
 
     def __post_init__(self) -> None:
         if self.timeout is not None and self.timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout}")
+            raise ConfigurationError(f"timeout must be positive, got {self.timeout}")
         if self.early_stop is not None and self.early_stop < 1:
-            raise ValueError(f"early_stop must be at least 1 trial, got {self.early_stop}")
+            raise ConfigurationError(f"early_stop must be at least 1 trial, got {self.early_stop}")
 
     def check(self, results: Sequence[TrialResult]) -> bool:
         """True when the study should start no further trial; sets ``reason``."""

@@ -168,17 +168,19 @@ class StudyConfig:
 
         algo = pick("ALGO", "tpe")
         if isinstance(algo, str) and algo not in (*ALGORITHMS, GRID):
-            raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}, {GRID}")
+            raise ConfigurationError(f"unknown algorithm {algo!r}: choose one of "
+                                     f"{', '.join(ALGORITHMS)}, {GRID}")
         fraction = overrides.get("fraction")
         if fraction is not None and algo != GRID:
-            raise ValueError("fraction samples a share of a grid: use it with algo 'grid' (--algo grid)")
+            raise ConfigurationError("fraction samples a share of a grid: use it with algo 'grid' "
+                                     "(--algo grid)")
         # A grid runs all its points unless a budget is given for it: a flag, or the
         # recipe's MAX_EVALS when the recipe itself chose the grid.
         budget = overrides.get("max_evals")
         if budget is None and (algo != GRID or recipe.defaults.get("ALGO") == GRID):
             budget = recipe.defaults.get("MAX_EVALS", None if algo == GRID else DEFAULT_MAX_EVALS)
         if budget is not None and int(budget) < 1:
-            raise ValueError(f"max_evals must be at least 1, got {budget}")
+            raise ConfigurationError(f"max_evals must be at least 1, got {budget}")
         seed = pick("SEED", None)
         max_epochs = overrides.get("max_epochs") or os.environ.get("TUNING_MAX_EPOCHS")
         return cls(
@@ -209,7 +211,7 @@ class StudyConfig:
                 "fraction": str(self.fraction)}
         clash = [k for k in stored if k in self.explicit and stored[k] != mine[k]]
         if clash:
-            raise ValueError(f"the study being resumed was run with "
+            raise ConfigurationError(f"the study being resumed was run with "
                              f"{', '.join(f'{k}={stored[k]}' for k in clash)}; leave out "
                              f"{', '.join('--' + k for k in clash)} or start a new study without --resume")
         algo = stored["algo"] if stored["algo"] in (*ALGORITHMS, GRID) else self.algo
@@ -396,12 +398,12 @@ def _cluster(overrides: dict[str, Any]) -> Cluster | None:
     parallelism = overrides.get("parallelism")
     if parallelism is None:
         if overrides.get("spark_master") or overrides.get("threads_per_trial"):
-            raise ValueError("--spark-master and --threads-per-trial go with --parallelism N")
+            raise ConfigurationError("--spark-master and --threads-per-trial go with --parallelism N")
         return None
     if parallelism < 1:
-        raise ValueError(f"parallelism must be at least 1, got {parallelism}")
+        raise ConfigurationError(f"parallelism must be at least 1, got {parallelism}")
     if _limits(overrides) is not None:
-        raise ValueError("--parallelism runs trials on Spark executors: it does not combine with "
+        raise ConfigurationError("--parallelism runs trials on Spark executors: it does not combine with "
                          "--trial-timeout, --trial-max-memory or --isolate")
     return Cluster(parallelism, overrides.get("spark_master"), overrides.get("threads_per_trial"))
 
