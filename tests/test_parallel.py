@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 import tuning
+from tests.conftest import DIGITS_DATA
 from tests.test_cli import TUNING
 from tests.test_search import LEARNING_RATE_MODEL
 from tuning.pruners import MedianPruner
@@ -194,3 +195,31 @@ def test_parallel_mistakes_are_one_line_errors(mlflow_server, write_recipe, argv
                           capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
     assert done.returncode == 1, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_executor_that_cannot_load_the_data_stops_the_study_with_its_reason(mlflow_server, write_recipe):
+    # data() works where the study starts and fails in the Spark tasks, as a path that only
+    # the driver's host has would.
+    header = DIGITS_DATA.replace("def data():\n", "def data():\n    import pyspark\n"
+                                 "    if pyspark.TaskContext.get() is not None:\n"
+                                 "        open('only-on-the-driver.npz')\n")
+    path = write_recipe(header=header, extra="EXPERIMENT = 'unloadable'\n")
+    with pytest.raises(tuning.RecipeError) as error:
+        tuning.minimize(path, max_evals=4, parallelism=2, tracking_uri=mlflow_server, progress=False)
+    message = str(error.value)
+    assert message.startswith("the recipe could not be loaded on the Spark executor at ")
+    assert "data() raised FileNotFoundError: [Errno 2] No such file or directory: 'only-on-the-driver.npz'" \
+        in message
+    (parent,), trials = study_runs(mlflow_server, "unloadable")
+    assert parent.info.status == "FAILED" and trials == []  # no trial ran, none was counted
+
+
+def test_executors_without_tuning_get_a_hint_naming_pyspark_python(mlflow_server, write_recipe, tmp_path):
+    # A Python that has no tuning (nor Keras): the one this virtual environment was made from.
+    bare = Path(sys.base_prefix) / "bin" / "python3"
+    done = subprocess.run([TUNING, "run", str(write_recipe()), "--parallelism", "1", "--max-evals", "1",
+                           "--tracking-uri", mlflow_server], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYSPARK_PYTHON": str(bare)}, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "the Spark task failed: ModuleNotFoundError: No module named 'tuning'" in done.stderr
+    assert "set PYSPARK_PYTHON, where you start tuning, to that Python" in done.stderr

@@ -20,8 +20,10 @@ from __future__ import annotations
 import functools
 import os
 import queue
+import re
 import shutil
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -35,12 +37,14 @@ from hyperopt import Trials, base
 from hyperopt.utils import coarse_utcnow
 
 from tuning import DISTRIBUTION, history
-from tuning.errors import TrackingError, TuningError
+from tuning.errors import RecipeError, TrackingError, TuningError
 from tuning.progress import SilentReporter
 from tuning.pruners import Pruning
 from tuning.trial import TrialResult, TrialSetup, TrialStatus, hyperopt_point, run_trial
 from tuning.worker import TrialSpec
 
+EXECUTOR_SETUP_FAILED = "the recipe could not be loaded on the Spark executor at"
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 _SHARED_SCHEMES = ("http", "https", "databricks")  # stores that executors on other hosts reach
 INSTALL = ("--parallelism runs trials on Apache Spark, which needs pyspark and Java 17 or newer: "
            f"pip install '{DISTRIBUTION}[spark]' and apt-get install openjdk-17-jre-headless "
@@ -136,6 +140,7 @@ class Dispatcher:
         ``ended`` (called on the driver with each result) says stop; running ones finish."""
         domain = base.Domain(None, space)  # suggest functions read only the space
         running, stopping = 0, False
+        unusable = ""  # why an executor could not load the recipe: the study stops with it
         # Reruns of interrupted trials, queued by a resume before the search starts: they go first.
         queued = [d for d in trials.trials if d["state"] == base.JOB_STATE_NEW]
         while True:
@@ -154,15 +159,21 @@ class Dispatcher:
                 self._start(domain, trials, docs[0])
                 running += 1
             if running == 0:
+                if unusable:
+                    raise RecipeError(unusable)
                 return
             doc, result = self._ended.get()
             running -= 1
-            if result.status is TrialStatus.FAILED and not result.run_id:
+            setup_failed = (result.error or "").startswith(EXECUTOR_SETUP_FAILED)
+            if result.status is TrialStatus.FAILED and not result.run_id and not setup_failed:
                 result = self._lost(result)
             doc["state"], doc["result"] = base.JOB_STATE_DONE, result.to_hyperopt()
             doc["refresh_time"] = coarse_utcnow()
             trials.refresh()
-            stopping = ended(result) or stopping
+            if setup_failed:  # not a trial (it has no run): the study stops
+                unusable, stopping = unusable or result.error or "", True
+            else:
+                stopping = ended(result) or stopping
 
     def _lost(self, result: TrialResult) -> TrialResult:
         """A trial whose Spark task died: its run, if it has one, ends FAILED with the reason."""
@@ -187,9 +198,8 @@ class Dispatcher:
             try:
                 result = context.parallelize([0], 1).mapPartitions(task).collect()[0]
             except Exception as error:  # the task never ran or its worker died: Spark's message
-                last = str(error).strip().splitlines()[-1:] or [type(error).__name__]
                 result = TrialResult(number, "", TrialStatus.FAILED, params,
-                                     error=f"the Spark task failed: {last[0]}")
+                                     error=f"the Spark task failed: {_reason(error)}")
             self._ended.put((doc, result))
 
         from pyspark import InheritableThread  # pyspark's threads keep their job's properties
@@ -197,17 +207,42 @@ class Dispatcher:
         InheritableThread(target=job, daemon=True).start()
 
 
+def _reason(error: Exception) -> str:
+    """The line of Spark's long message that says what failed: the last exception line of
+    the Python traceback it holds (its very last lines may be a traceback's carets)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    reason = (raised or lines or [type(error).__name__])[-1]
+    if "No module named 'tuning'" in reason:
+        reason += (f" (the executors' Python lacks {DISTRIBUTION}: install it on every worker host "
+                   "and set PYSPARK_PYTHON, where you start tuning, to that Python)")
+    return reason
+
+
 def _trial_task(spec: TrialSpec, pruning: Pruning | None, number: int, params: dict[str, Any],
                 raw: dict[str, Any], partition: Iterator[int]) -> Iterator[TrialResult]:
     """One trial, in a Spark task."""
+    from pyspark import TaskContext
+
     for _ in partition:
         # Read the input: Spark gives a Python worker its next task only after it read all
         # of it (SPARK-26549); otherwise every trial would start a new Python and load
         # TensorFlow and the data again.
         pass
-    setup = _setup(spec)
-    setup.pruning = pruning
-    yield run_trial(setup, number, params, raw).portable()
+    try:
+        setup = _setup(spec)
+    except TuningError as error:  # no trial can run here: the study stops (Spark would retry it)
+        yield TrialResult(number, "", TrialStatus.FAILED, params,
+                          error=f"{EXECUTOR_SETUP_FAILED} {socket.gethostname()}: {error}")
+        return
+    retries = setup.retries
+    if TaskContext.get().attemptNumber() > 0:
+        # Spark runs the task again after its executor was lost: the run it left behind is
+        # interrupted, and this one reruns it (so --resume does not run it a third time).
+        lost = history.end_orphans(setup.tracker, setup.experiment_id, setup.study_run_id,
+                                   "its Spark executor was lost; Spark ran the trial again", "KILLED", number)
+        retries += tuple((number, run_id) for run_id in lost[:1])
+    yield run_trial(replace(setup, pruning=pruning, retries=retries), number, params, raw).portable()
 
 
 _SETUPS: dict[TrialSpec, TrialSetup] = {}
