@@ -91,7 +91,7 @@ def pbt(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[], Any
         raise ConfigurationError(f"epochs_per_round must be at least 1, got {epochs_per_round}")
     if not 0 < fraction <= 0.5:
         raise ConfigurationError(f"fraction must be in (0, 0.5]: the share that copies and the share "
-                         f"copied from; got {fraction}")
+                                 f"copied from; got {fraction}")
     recipe = Recipe.of(recipe, data)
     config = StudyConfig.merge(recipe, dict(seed=seed, experiment=experiment, objective=objective,
                                             mode=mode, log_model=log_model, progress=progress))
