@@ -62,3 +62,4 @@ def test_isolated_trials_match_in_process_ones(write_recipe, store):
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(trial.run_id, "val_loss")] == [0]
         assert run.data.metrics["hyperopt_loss"] == pytest.approx(trial.loss)
+

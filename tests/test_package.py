@@ -3,6 +3,7 @@ installed (not editable) into a new virtual environment that runs a recipe."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -40,6 +41,7 @@ def test_the_built_wheel_installs_by_its_name_and_runs_a_recipe(write_recipe, tm
     # environment's packages (a path line, which unlike a site folder does not run this
     # environment's editable-install hook), so nothing is downloaded.
     venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the venv's own
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
@@ -47,16 +49,16 @@ def test_the_built_wheel_installs_by_its_name_and_runs_a_recipe(write_recipe, tm
     deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "mlflow").is_dir())
     (site / "deps.pth").write_text(f"{deps}\n")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=env)
 
     work = tmp_path / "work"
     work.mkdir()
     recipe = write_recipe(name="digits.py")
     where = subprocess.run([str(python), "-c", "import tuning; print(tuning.__file__)"], cwd=work,
-                           check=True, capture_output=True, text=True).stdout.strip()
+                           check=True, capture_output=True, text=True, env=env).stdout.strip()
     assert Path(where).is_relative_to(site), where  # the installed copy, not this tree
     command = [str(venv / "bin" / "tuning"), "run", str(recipe), "--max-evals", "2", "--seed", "1"]
-    run = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "study digits" in run.stdout and "2 trials finished, 0 failed" in run.stdout
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -219,7 +220,19 @@ def test_executors_without_tuning_get_a_hint_naming_pyspark_python(mlflow_server
     bare = Path(sys.base_prefix) / "bin" / "python3"
     done = subprocess.run([TUNING, "run", str(write_recipe()), "--parallelism", "1", "--max-evals", "1",
                            "--tracking-uri", mlflow_server], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYSPARK_PYTHON": str(bare)}, timeout=300)
+                          env={**os.environ, "PYSPARK_PYTHON": str(bare), "PYTHONPATH": ""}, timeout=300)
     assert done.returncode == 1, done.stderr
-    assert "the Spark task failed: ModuleNotFoundError: No module named 'tuning'" in done.stderr
-    assert "set PYSPARK_PYTHON, where you start tuning, to that Python" in done.stderr
+    assert "the Spark task failed: ModuleNotFoundError: No module named 'tuning' (the executors' Python " \
+        "lacks tuning: install keras-mlflow-tuning" in done.stderr
+    assert "set PYSPARK_PYTHON, where you start tuning, to that Python)" in done.stderr
+
+
+def test_executors_check_no_recipe_name_the_driver_checked(mlflow_server, write_recipe, tmp_path):
+    # Spark's Python workers start in the driver's working folder, which holds another
+    # recipe.py: on their sys.path, it is no installed module that the recipe's name shadows.
+    (tmp_path / "run").mkdir()
+    path = shutil.copy(write_recipe(), tmp_path / "run" / "recipe.py")
+    done = subprocess.run([TUNING, "run", str(path), "--parallelism", "1", "--max-evals", "1",
+                           "--tracking-uri", mlflow_server, "--experiment", "same-name"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -78,10 +78,11 @@ class Recipe:
         return cls.from_template(Template.from_file(path))
 
     @classmethod
-    def from_template(cls, template: Template) -> Recipe:
-        """Execute a compiled recipe file, or its source sent to a host that lacks the file."""
+    def from_template(cls, template: Template, first_load: bool = True) -> Recipe:
+        """Execute a compiled recipe file, or (``first_load`` False) its source sent to
+        another process, which may be on a host that lacks the file."""
         path = template.filename
-        namespace = run_file(template)
+        namespace = run_file(template, first_load)
         missing = [n for n in ("data", "model") if not callable(namespace.get(n))]
         if missing:
             defined = sorted(k for k, v in own_objects(namespace).items() if inspect.isfunction(v))
@@ -172,14 +173,20 @@ class Recipe:
         return (data[2], data[3]) if len(data) == 4 else None
 
 
-def run_file(template: Template) -> dict[str, Any]:
+def run_file(template: Template, first_load: bool = True) -> dict[str, Any]:
     """Execute a compiled recipe file as a module of its own (not ``__main__``: a script's
-    ``if __name__ == "__main__":`` part does not run); its namespace."""
+    ``if __name__ == "__main__":`` part does not run); its namespace.
+
+    The file's name is checked against installed modules on its first load only: another
+    process inherits the first one's ``sys.path``, earlier recipes' folders included, and
+    would take a recipe of the same name there for an installed module.
+    """
     path = Path(template.filename).resolve()
     namespace: dict[str, Any] = {"__name__": MODULE_NAME, "__file__": str(path),
                                  "__builtins__": builtins, PARAM_FUNCTION: param_value}
     if str(path.parent) not in sys.path:  # local imports work as when the file is run as a script
-        _check_not_shadowing(path)
+        if first_load:
+            _check_not_shadowing(path)
         sys.path.insert(0, str(path.parent))
         _RECIPE_FOLDERS.add(path.parent)
     with tensorflow_start_up():  # the recipe's own `import keras`, most often

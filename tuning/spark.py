@@ -219,9 +219,10 @@ def _reason(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
     reason = (raised or lines or [type(error).__name__])[-1]
-    if "No module named 'tuning'" in reason:
-        reason += (f" (the executors' Python lacks {DISTRIBUTION}: install it on every worker host "
-                   "and set PYSPARK_PYTHON, where you start tuning, to that Python)")
+    if missing := re.search(r"No module named '([\w.]+)'", reason):
+        reason += (f" (the executors' Python lacks {missing[1]}: install {DISTRIBUTION} and the "
+                   "recipe's imports on every worker host, and set PYSPARK_PYTHON, where you start "
+                   "tuning, to that Python)")
     return reason
 
 

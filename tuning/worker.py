@@ -95,7 +95,7 @@ class TrialSpec:
         from tuning.template import Template
         from tuning.tracking import Tracker
 
-        recipe = Recipe.from_template(Template.from_source(self.source, self.recipe))
+        recipe = Recipe.from_template(Template.from_source(self.source, self.recipe), first_load=False)
         if self.data_path:
             recipe.use_data_file(self.data_path)
         setup = TrialSetup(Tracker(self.tracking_uri, self.patience), self.experiment_id,
