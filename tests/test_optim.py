@@ -40,6 +40,7 @@ def create_model(x_train, y_train, x_test, y_test):
     return {"loss": -accuracy, "status": STATUS_OK, "model": net}
 
 
+@pytest.mark.slow
 def test_minimize_returns_what_hyperas_returns(tmp_path):
     trials = Trials()
     best_run, best_model, space = optim.minimize(model=create_model, data=data, algo=rand.suggest,
@@ -132,6 +133,7 @@ def test_when_every_trial_fails_the_users_own_exception_is_raised():
     assert frames and frames[-1].line == "return units / 0"  # the traceback points at the user's line
 
 
+@pytest.mark.slow
 def test_the_store_and_experiment_set_with_mlflows_own_calls_are_used_by_every_search(tmp_path):
     store = f"sqlite:///{tmp_path}/chosen.db"
     mlflow.set_tracking_uri(store)  # as the tutorial (or a hosted service's init()) does
@@ -155,6 +157,7 @@ def test_the_store_and_experiment_set_with_mlflows_own_calls_are_used_by_every_s
     assert mlflow.get_tracking_uri() == store
 
 
+@pytest.mark.slow
 def test_a_variable_set_store_survives_a_second_search(tmp_path, monkeypatch):
     store = f"sqlite:///{tmp_path}/from_env.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
@@ -206,6 +209,7 @@ def picks_a_layer(x_train, y_train, x_test, y_test):
 BUILT: list = []
 
 
+@pytest.mark.slow
 def test_a_choice_of_objects_builds_them_afresh_for_every_trial(tmp_path):
     trials = Trials()
     best_run, _, space = optim.minimize(model=picks_a_layer, data=data, algo=rand.suggest, max_evals=6,

@@ -68,6 +68,7 @@ def test_perturb_moves_by_the_factors_within_the_markers_bounds():
     assert perturb(math.exp(-3.1), Distribution.create("loguniform", -8, -3), 1.2) == math.exp(-3)
 
 
+@pytest.mark.slow
 def test_a_copy_goes_on_from_its_source_model_with_perturbed_values(write_recipe, store):
     recipe = write_recipe(model=FROZEN, extra=VAL_LOSS)
     study = tuning.pbt(recipe, population=4, rounds=3, epochs_per_round=1, seed=2, tracking_uri=store,
@@ -175,6 +176,7 @@ def model(x_train, y_train, x_test, y_test):
 '''
 
 
+@pytest.mark.slow
 def test_the_same_seed_draws_the_same_population(write_recipe, store):
     recipe = write_recipe(model=RAISES)
     populations = []

@@ -57,6 +57,7 @@ def test_every_recipe_runs_offline_and_leaves_its_runs(recipe, store, mnist_like
     assert study.best.loss == min(r.data.metrics["hyperopt_loss"] for r in runs)
 
 
+@pytest.mark.slow
 def test_regression_recipe_minimises_val_loss(store):
     recipe = ROOT / "recipes" / "diabetes_regression.py"
     study = tuning.minimize(recipe, max_evals=1, max_epochs=2, tracking_uri=store, progress=False,

@@ -51,6 +51,7 @@ def trial_runs(study: tuning.StudyResult):
     return client, client.search_runs([study.experiment_id], "tags.`tuning.kind` = 'trial'")
 
 
+@pytest.mark.slow
 def test_a_finished_study_attaches_its_plots_to_the_study_run(study):
     client = MlflowClient(study.tracking_uri)
     artifacts = {Path(a.path).name: a for a in client.list_artifacts(study.run_id, REPORT_DIR)}
@@ -169,6 +170,7 @@ def test_best_register_makes_a_version_with_alias_champion(study):
     np.testing.assert_allclose(registered.predict(x, verbose=0), by_run.predict(x, verbose=0))
 
 
+@pytest.mark.slow
 def test_register_without_a_logged_model_explains_why(write_recipe, store):
     tuning.minimize(write_recipe(), max_evals=1, tracking_uri=store, progress=False, log_model=False)
     result = invoke("best", "recipe", "--register", "m", "--tracking-uri", store)

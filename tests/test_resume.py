@@ -60,6 +60,7 @@ def slow_recipe(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_continues_the_same_study(slow_recipe, store, tmp_path, monkeypatch):
     monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
     monkeypatch.setenv("STOP_AT", "3")
@@ -196,6 +197,7 @@ def test_a_study_still_running_is_not_resumed_beside_itself(slow_recipe, store, 
     assert [r.info.status for r in trials] == ["FINISHED"] * 3  # the refused resume touched nothing
 
 
+@pytest.mark.slow
 def test_force_takes_over_a_lease_whose_holder_is_gone(slow_recipe, store, tmp_path, monkeypatch):
     monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
     monkeypatch.setenv("STOP_AT", "2")

@@ -89,6 +89,7 @@ def test_space_of_the_digits_recipe(write_recipe):
     assert grid_size(distributions) == 4 * 2 * 2
 
 
+@pytest.mark.slow
 def test_grid_runs_every_combination_once_and_resumes_where_it_stopped(write_recipe, store):
     recipe = write_recipe(GRID_MODEL)
     first = tuning.minimize(recipe, algo="grid", max_evals=3, tracking_uri=store, progress=False, seed=1)
@@ -105,6 +106,7 @@ def test_grid_runs_every_combination_once_and_resumes_where_it_stopped(write_rec
     assert study.data.tags["tuning.max_evals"] == "4"
 
 
+@pytest.mark.slow
 def test_cli_grid_fraction_and_target(write_recipe, store):
     recipe = write_recipe(GRID_MODEL)
     done = subprocess.run([TUNING, "run", str(recipe), "--tracking-uri", store, "--algo", "grid",

@@ -116,6 +116,7 @@ def test_all_trials_failing_ends_the_study_failed(write_recipe, store):
     assert [r.info.status for r in trials] == ["FAILED", "FAILED"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["tpe", "rand", "anneal"])
 def test_the_same_seed_samples_the_same_params(write_recipe, store, algo):
     recipe = write_recipe(model='''
@@ -132,6 +133,7 @@ def test_the_same_seed_samples_the_same_params(write_recipe, store, algo):
     assert sequences[0] != sequences[2]
 
 
+@pytest.mark.slow
 def test_objective_val_loss_is_minimised_and_history_model_tuples_work(write_recipe, store):
     recipe = write_recipe(model='''
     def model(x_train, y_train, x_test, y_test):
@@ -162,6 +164,7 @@ def test_missing_objective_names_the_metrics_that_exist(write_recipe, store):
     assert "objective 'accuracy' was not measured; available metrics: loss" in study.failed[0].error
 
 
+@pytest.mark.slow
 def test_recipe_defaults_are_used_and_keyword_arguments_win(write_recipe, store):
     recipe = write_recipe(model='''
     def model(x_train, y_train, x_test, y_test):
