@@ -31,7 +31,7 @@ def test_the_built_wheel_installs_by_its_name_and_runs_a_recipe(write_recipe, tm
         entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "Name: keras-mlflow-tuning" in metadata.splitlines()
     assert "tuning = tuning.cli:main" in entry_points
-    assert {"tuning/__init__.py", "tuning/cli.py", "tuning/spark.py"} <= set(names)
+    assert {"tuning/__init__.py", "tuning/cli.py", "tuning/spark.py", "tuning/py.typed"} <= set(names)
     assert not [n for n in names if n.startswith(("tests/", "bench/", "recipes/"))]
     with tarfile.open(sdist) as archive:
         members = {m.name.split("/", 1)[1] for m in archive.getmembers() if "/" in m.name}

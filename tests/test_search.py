@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -166,6 +167,16 @@ def test_timeout_and_early_stop_end_a_real_study(write_recipe, store):
 
 def past(*curves: tuple[float, ...], complete: bool = True) -> dict[int, PastTrial]:
     return {n: PastTrial(c, complete) for n, c in enumerate(curves, start=1)}
+
+
+def test_the_pruners_are_reached_as_the_readme_writes_them_in_a_fresh_process():
+    code = ("import tuning\n"
+            "from tuning import HyperbandPruner, MedianPruner\n"
+            "print(tuning.pruners.MedianPruner(startup_trials=3) == MedianPruner(startup_trials=3),\n"
+            "      HyperbandPruner(min_epochs=1, reduction=3).reduction)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "3"]
 
 
 def test_median_pruner_compares_the_best_so_far_with_the_median_at_that_epoch():

@@ -15,6 +15,7 @@ does not import Keras before the backend is chosen.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 # The name on the package index (``pip install keras-mlflow-tuning``): "tuning" there is
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
         TuningError,
     )
     from tuning.population import pbt
+    from tuning.pruners import HyperbandPruner, MedianPruner, Pruner
     from tuning.report import Report, study_report
     from tuning.study import StudyResult, minimize
     from tuning.template import Template, assigned
@@ -44,18 +46,21 @@ _EXPORTS = {
     "TemplateError": "tuning.errors", "TrackingError": "tuning.errors",
     "TuningError": "tuning.errors",
     "pbt": "tuning.population",
+    "HyperbandPruner": "tuning.pruners", "MedianPruner": "tuning.pruners", "Pruner": "tuning.pruners",
     "StudyResult": "tuning.study", "minimize": "tuning.study",
     "Template": "tuning.template", "assigned": "tuning.template",
     "TrialResult": "tuning.trial", "TrialStatus": "tuning.trial",
 }
 __all__ = [
-    "ConfigurationError", "NoTrialsError", "RecipeError", "Report", "StudyResult", "Template",
-    "TemplateError", "TrackingError", "TrialResult", "TrialStatus", "TuningError", "assigned", "best_runs",
-    "load_best", "minimize", "pbt", "register_best", "study_report",
+    "ConfigurationError", "HyperbandPruner", "MedianPruner", "NoTrialsError", "Pruner", "RecipeError",
+    "Report", "StudyResult", "Template", "TemplateError", "TrackingError", "TrialResult", "TrialStatus",
+    "TuningError", "assigned", "best_runs", "load_best", "minimize", "pbt", "register_best", "study_report",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'tuning' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if importlib.util.find_spec(f"tuning.{name}") is not None:  # tuning.pruners.MedianPruner(...)
+        return importlib.import_module(f"tuning.{name}")
+    raise AttributeError(f"module 'tuning' has no attribute {name!r}")
