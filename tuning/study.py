@@ -34,6 +34,7 @@ from tuning.pruners import Pruner, Pruning
 from tuning.recipe import Recipe
 from tuning.spark import Cluster
 from tuning.stopping import StopReason, StopRules
+from tuning.tpe import TPE
 from tuning.tracking import LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker
 from tuning.trial import (
     Objective,
@@ -376,6 +377,10 @@ def _search(recipe: Recipe, distributions: dict[str, Distribution],
         budget = min(config.max_evals or len(grid), len(grid))
         return grid, dataclasses.replace(config, max_evals=budget)
     suggest = ALGORITHMS[config.algo] if isinstance(config.algo, str) else config.algo
+    function = getattr(suggest, "func", suggest)  # functools.partial(tpe.suggest, n_startup_jobs=…)
+    if function is tpe.suggest and not getattr(suggest, "args", ()):
+        # The same proposals as hyperopt's for the same seed, at a cost that barely grows.
+        return TPE(**getattr(suggest, "keywords", {})), config
     return suggest, config
 
 

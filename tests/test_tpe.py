@@ -1,0 +1,88 @@
+"""tuning.tpe.TPE proposes what hyperopt's tpe.suggest proposes, for the same seed and trials."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from hyperopt import STATUS_FAIL, STATUS_OK, Trials, base, fmin, hp, space_eval, tpe
+from hyperopt.pyll import scope
+
+from tuning.objective import Objective
+from tuning.study import StudyConfig, _search
+from tuning.tpe import TPE
+
+# Every kind of marker a recipe can hold, a conditional branch among them.
+SPACE = {
+    "units": scope.int(hp.quniform("units", 8, 64, 4)),
+    "lr": hp.loguniform("lr", np.log(1e-4), np.log(1e-1)),
+    "batch": hp.qloguniform("batch", np.log(8), np.log(256), 8),
+    "dropout": hp.uniform("dropout", 0, 0.5),
+    "activation": hp.choice("activation", ["relu", "tanh", "elu"]),
+    "layers": hp.randint("layers", 1, 4),
+    "noise": hp.normal("noise", 0, 1),
+    "optimizer": hp.choice("optimizer", [
+        {"name": "sgd", "momentum": hp.uniform("momentum", 0, 0.9),
+         "nesterov": hp.choice("nesterov", [False, True])},
+        {"name": "adam", "decay": hp.qnormal("decay", 0, 1, 0.25)},
+    ]),
+}
+
+
+def loss(point: dict) -> dict:
+    """A landscape with ties (quantized terms) and failed trials, as real studies have."""
+    if point["activation"] == "elu" and point["dropout"] > 0.4:
+        return {"status": STATUS_FAIL}
+    value = ((point["dropout"] - 0.2) ** 2 + abs(np.log10(point["lr"]) + 2.5) + point["units"] / 100
+             + point["batch"] / 1000 + point["layers"] / 10 + (point["optimizer"]["name"] == "sgd") * 0.1)
+    return {"loss": round(float(value), 2), "status": STATUS_OK}
+
+
+def proposals(trials: Trials) -> list[dict]:
+    return [doc["misc"]["vals"] for doc in trials.trials]
+
+
+def test_a_search_proposes_what_hyperopt_proposes():
+    ours, theirs = Trials(), Trials()
+    fmin(loss, SPACE, algo=TPE(), max_evals=300, trials=ours, rstate=np.random.default_rng(7),
+         show_progressbar=False)
+    fmin(loss, SPACE, algo=tpe.suggest, max_evals=300, trials=theirs, rstate=np.random.default_rng(7),
+         show_progressbar=False)
+    assert STATUS_FAIL in {doc["result"]["status"] for doc in theirs.trials}
+    assert proposals(ours) == proposals(theirs)
+    assert ours.losses() == theirs.losses()
+
+
+def test_proposals_match_while_trials_run_and_after_documents_are_rewritten():
+    """As the Spark dispatcher uses it: proposals made while earlier trials still run (their loss
+    unknown), trials finishing out of order, and documents hyperopt's way of reading handles
+    differently (several per trial id, ids out of order) mid-study."""
+    domain = base.Domain(loss, SPACE)
+    trials, fast, rng = Trials(), TPE(n_startup_jobs=10), np.random.default_rng(3)
+    running: list[dict] = []
+    for step in range(120):
+        seed = int(rng.integers(2**31 - 1))
+        ids = trials.new_trial_ids(1)
+        expected = tpe.suggest(ids, domain, trials, seed, n_startup_jobs=10)
+        docs = fast(ids, domain, trials, seed)
+        assert docs[0]["misc"]["vals"] == expected[0]["misc"]["vals"], f"step {step}"
+        if step == 60:  # a second document for an earlier trial, as hyperopt's from_tid allows
+            docs[0]["misc"]["from_tid"] = 5
+        docs[0]["state"] = base.JOB_STATE_RUNNING
+        trials.insert_trial_docs(docs)
+        trials.refresh()
+        running.append(trials.trials[-1])
+        if len(running) > 3 or step % 7 == 0:  # finish the middle one: not in proposal order
+            doc = running.pop(len(running) // 2)
+            doc["result"] = loss(space_eval(SPACE, base.spec_from_misc(doc["misc"])))
+            doc["state"] = base.JOB_STATE_DONE
+    assert len(trials.trials) == 120
+
+
+@pytest.mark.parametrize("algo", ["tpe", tpe.suggest, functools.partial(tpe.suggest, n_startup_jobs=5)])
+def test_studies_use_it_for_hyperopt_tpe_with_its_settings(algo):
+    config = StudyConfig(experiment=None, max_evals=10, algo=algo, seed=1, objective=Objective.create())
+    suggest, _ = _search(None, {}, config)  # type: ignore[arg-type] (no recipe: no grid)
+    assert isinstance(suggest, TPE)
+    assert suggest.n_startup_jobs == (5 if isinstance(algo, functools.partial) else 20)

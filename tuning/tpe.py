@@ -1,0 +1,254 @@
+"""hyperopt's TPE with a per-proposal cost that does not grow with the Python loops over every trial.
+
+``hyperopt.tpe.suggest`` rebuilds everything it reads from the whole ``Trials`` on each call:
+the best document per trial, the losses, every parameter's observations (three Python loops
+over all documents), then splits each parameter's observations with a Python set test per
+observation and scores quantized parameters with a Python loop over every mixture component.
+At 10,000 trials that is ~0.3 s per proposal, most of it those loops.
+
+:class:`TPE` proposes exactly what ``tpe.suggest`` proposes for the same seed and trials (the
+same posterior graph, the same random draws, the same floating-point sums), but
+
+* keeps the observations incrementally: each call reads only the documents added since the
+  last one and those whose result could still change (new or running ones);
+* builds the posterior graph once per search space;
+* evaluates that graph with vectorized twins of hyperopt's ``ap_split_trials`` and the
+  quantized branches of ``GMM1_lpdf`` / ``LGMM1_lpdf``, which add the mixture components in
+  the same order (``cumsum``) so the scores are bit for bit hyperopt's.
+
+Example::
+
+    from hyperopt import fmin, hp
+    from tuning.tpe import TPE
+
+    fmin(lambda x: (x - 1) ** 2, hp.uniform("x", -5, 5), algo=TPE(), max_evals=50)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from hyperopt import base, pyll, rand
+from hyperopt import tpe as hyperopt_tpe
+from hyperopt.pyll import scope
+from hyperopt.tpe import DEFAULT_LF, normal_cdf
+
+__all__ = ["TPE"]
+
+_FINAL_STATES = (base.JOB_STATE_DONE, base.JOB_STATE_ERROR)
+
+
+class TPE:
+    """A ``suggest`` function for ``fmin`` (or the study's dispatcher) with hyperopt's defaults.
+
+    One instance follows one ``Trials`` and one space; given another, it starts over.
+    """
+
+    def __init__(self, prior_weight: float = hyperopt_tpe._default_prior_weight,
+                 n_startup_jobs: int = hyperopt_tpe._default_n_startup_jobs,
+                 n_EI_candidates: int = hyperopt_tpe._default_n_EI_candidates,  # noqa: N803 (hyperopt's name)
+                 gamma: float = hyperopt_tpe._default_gamma, verbose: bool = True) -> None:
+        self.prior_weight, self.n_startup_jobs = prior_weight, n_startup_jobs
+        self.n_EI_candidates, self.gamma = n_EI_candidates, gamma
+        self._graph: tuple[Any, tuple[Any, ...]] | None = None
+        self._observations: _Observations | None = None
+
+    def __repr__(self) -> str:
+        return (f"TPE(prior_weight={self.prior_weight}, n_startup_jobs={self.n_startup_jobs}, "
+                f"n_EI_candidates={self.n_EI_candidates}, gamma={self.gamma})")
+
+    def __call__(self, new_ids: list[int], domain: base.Domain, trials: base.Trials,
+                 seed: int) -> list[dict[str, Any]]:
+        observations = self._observations_of(domain, trials)
+        tids, losses, idxs, vals = observations.read(trials)
+        if len(tids) < self.n_startup_jobs:
+            return rand.suggest(new_ids, domain, trials, seed)  # seeds its RNG from new_ids, as TPE does
+
+        posterior, inputs = self._posterior(domain)
+        first_new_id = new_ids[0]
+        fake_id_0 = max(int(tids[-1]), first_new_id) + 2 if len(tids) else first_new_id + 2
+        fake_ids = list(range(fake_id_0, fake_id_0 + self.n_EI_candidates))
+        memo = {domain.s_new_ids: fake_ids, domain.s_rng: np.random.default_rng(seed),
+                **dict(zip(inputs, (idxs, vals, tids, losses), strict=True))}
+        idxs_out, vals_out = pyll.rec_eval(posterior, memo=memo, print_node_on_error=False)
+
+        for label, param in domain.params.items():  # hyperopt's offset for randint(low, high)
+            if param.name == "randint" and len(param.pos_args) == 2:
+                offset = param.pos_args[0].obj
+                vals_out[label] = [val + offset for val in vals_out[label]]
+        miscs = [{"tid": first_new_id, "cmd": domain.cmd, "workdir": domain.workdir}]
+        base.miscs_update_idxs_vals(miscs, idxs_out, vals_out, idxs_map={fake_ids[0]: first_new_id},
+                                    assert_all_vals_used=False)
+        return trials.new_trial_docs([first_new_id], [None], [domain.new_result()], miscs)
+
+    def _observations_of(self, domain: base.Domain, trials: base.Trials) -> _Observations:
+        if self._observations is None or not self._observations.follows(domain, trials):
+            self._observations = _Observations(domain, trials)
+            self._graph = None
+        return self._observations
+
+    def _posterior(self, domain: base.Domain) -> tuple[Any, tuple[Any, ...]]:
+        """hyperopt's posterior graph for the space, built once, and its four input nodes:
+        the observations' ids and values, and the losses' ids and values."""
+        if self._graph is None:
+            observed, observed_loss, posterior = hyperopt_tpe.build_posterior_wrapper(
+                domain, self.prior_weight, self.gamma)
+            # The same graph, evaluated by the vectorized twins of its slow nodes.
+            for node in pyll.dfs(pyll.as_apply(posterior)):
+                node.name = _FAST.get(node.name, node.name)
+            self._graph = posterior, (observed["idxs"], observed["vals"],
+                                      observed_loss["idxs"], observed_loss["vals"])
+        return self._graph
+
+
+class _Observations:
+    """What TPE reads from the trials, in hyperopt's order: per trial id (ascending) the loss of
+    its best document (``inf`` until it has one) and that document's values per parameter, as
+    the arrays hyperopt's graph makes of its lists (same values, same dtypes)."""
+
+    def __init__(self, domain: base.Domain, trials: base.Trials) -> None:
+        self.domain, self.trials = domain, trials
+        self.labels = list(domain.params)
+        self._reset()
+
+    def follows(self, domain: base.Domain, trials: base.Trials) -> bool:
+        return domain is self.domain and trials is self.trials
+
+    def _reset(self) -> None:
+        self.read_docs = 0            # how many of trials.trials have been read
+        self.last_doc: Any = None     # the last one read: if it moved, the list was rebuilt
+        self.tids = np.asarray([])
+        self.losses = np.asarray([])
+        self.idxs = {label: np.asarray([]) for label in self.labels}
+        self.vals = {label: np.asarray([]) for label in self.labels}
+        self.open: dict[int, dict[str, Any]] = {}  # position -> its document, while its loss may change
+
+    def read(self, trials: base.Trials) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray],
+                                                 dict[str, np.ndarray]]:
+        docs = trials.trials
+        if len(docs) < self.read_docs or (self.read_docs and docs[self.read_docs - 1] is not self.last_doc):
+            self._reset()  # documents were removed or replaced: read them all again
+        fresh = docs[self.read_docs:]
+        if any("from_tid" in doc["misc"] for doc in fresh) or (
+                fresh and self.tids.size and min(doc["tid"] for doc in fresh) <= self.tids[-1]):
+            self._reset()  # several documents per trial, or ids out of order (rare): hyperopt's way
+            return _read_all(docs, self.labels)
+        if self.open:
+            self.losses = self.losses.copy()  # the graph may still hold the last call's array
+            for position, doc in list(self.open.items()):
+                self.losses[position] = _loss(doc)
+                if doc["state"] in _FINAL_STATES:
+                    del self.open[position]
+        if fresh:
+            self.open.update((len(self.tids) + i, doc) for i, doc in enumerate(fresh)
+                             if doc["state"] not in _FINAL_STATES)
+            self.tids = _extend(self.tids, [doc["tid"] for doc in fresh])
+            self.losses = _extend(self.losses, [_loss(doc) for doc in fresh])
+            for label in self.labels:
+                for column, key in ((self.idxs, "idxs"), (self.vals, "vals")):
+                    column[label] = _extend(column[label], [x for d in fresh for x in d["misc"][key][label]])
+            self.read_docs, self.last_doc = len(docs), docs[-1]
+        return self.tids, self.losses, dict(self.idxs), dict(self.vals)
+
+
+def _extend(array: np.ndarray, items: list[Any]) -> np.ndarray:
+    """``np.asarray(old_items + items)``, without converting the old items again."""
+    if not items:
+        return array
+    return np.asarray(items) if array.size == 0 else np.concatenate([array, np.asarray(items)])
+
+
+def _read_all(docs: list[dict[str, Any]], labels: list[str]) -> tuple[
+        list[int], list[float], dict[str, list[Any]], dict[str, list[Any]]]:
+    """hyperopt's own reading of the trials (``tpe.suggest``), for the cases the incremental one
+    does not follow."""
+    best_docs: dict[int, dict[str, Any]] = {}
+    best_loss: dict[int, float] = {}
+    for doc in docs:
+        tid = doc["misc"].get("from_tid", doc["tid"])
+        loss = _loss(doc)
+        best_loss.setdefault(tid, loss)
+        if loss <= best_loss[tid]:
+            best_loss[tid], best_docs[tid] = loss, doc
+    tids = sorted(best_docs)
+    idxs, vals = base.miscs_to_idxs_vals([best_docs[t]["misc"] for t in tids], keys=labels)
+    return tids, [best_loss[t] for t in tids], idxs, vals
+
+
+def _loss(doc: dict[str, Any]) -> float:
+    loss = doc["result"].get("loss")
+    return float("inf") if loss is None else float(loss)
+
+
+# -- Vectorized twins of hyperopt's hot graph nodes. Each returns what the original returns,
+#    bit for bit; only the Python loops are gone.
+
+@scope.define_info(o_len=2)
+def tuning_ap_split_trials(o_idxs: Any, o_vals: Any, l_idxs: Any, l_vals: Any, gamma: float,
+                           gamma_cap: int = DEFAULT_LF) -> tuple[np.ndarray, np.ndarray]:
+    """``tpe.ap_split_trials`` with ``np.isin`` for its per-observation set test."""
+    o_idxs, o_vals, l_idxs, l_vals = map(np.asarray, [o_idxs, o_vals, l_idxs, l_vals])
+    n_below = min(int(np.ceil(gamma * np.sqrt(len(l_vals)))), gamma_cap)
+    l_order = np.argsort(l_vals)
+    below = o_vals[np.isin(o_idxs, l_idxs[l_order[:n_below]])]
+    above = o_vals[np.isin(o_idxs, l_idxs[l_order[n_below:]])]
+    # hyperopt builds these from Python lists: an empty one is float64 whatever the values were.
+    return (below if below.size else np.asarray([])), (above if above.size else np.asarray([]))
+
+
+def _quantized_mass(samples: np.ndarray, weights: np.ndarray, mus: np.ndarray, sigmas: np.ndarray,
+                    lbound: np.ndarray, ubound: np.ndarray, cdf: Any) -> np.ndarray:
+    """Sum over components of ``w * cdf(ubound) - w * cdf(lbound)``, added component after
+    component as hyperopt's loop does (``cumsum`` is sequential), for every sample at once."""
+    if len(weights) == 0:
+        return np.zeros(samples.shape, dtype="float64")
+    w, mu, sigma = weights[:, None], mus[:, None], sigmas[:, None]
+    increments = w * cdf(ubound[None, :], mu, sigma)
+    increments -= w * cdf(lbound[None, :], mu, sigma)
+    return np.cumsum(increments, axis=0)[-1]
+
+
+@scope.define
+def tuning_GMM1_lpdf(samples: Any, weights: Any, mus: Any, sigmas: Any, low: Any = None,  # noqa: N802
+                     high: Any = None, q: Any = None) -> np.ndarray:
+    """``tpe.GMM1_lpdf``: its quantized branch without the loop over components."""
+    if q is None:
+        return hyperopt_tpe.GMM1_lpdf(samples, weights, mus, sigmas, low, high, q)
+    samples, weights, mus, sigmas = map(np.asarray, (samples, weights, mus, sigmas))
+    if samples.size == 0:
+        return np.asarray([])
+    shape, samples = samples.shape, samples.flatten()
+    p_accept = (1 if low is None and high is None
+                else np.sum(weights * (normal_cdf(high, mus, sigmas) - normal_cdf(low, mus, sigmas))))
+    ubound = samples + q / 2 if high is None else np.minimum(samples + q / 2, high)
+    lbound = samples - q / 2 if low is None else np.maximum(samples - q / 2, low)
+    prob = _quantized_mass(samples, weights, mus, sigmas, lbound, ubound, normal_cdf)
+    rval = np.log(prob) - np.log(p_accept)
+    rval.shape = shape
+    return rval
+
+
+@scope.define
+def tuning_LGMM1_lpdf(samples: Any, weights: Any, mus: Any, sigmas: Any, low: Any = None,  # noqa: N802
+                      high: Any = None, q: Any = None) -> np.ndarray:
+    """``tpe.LGMM1_lpdf``: its quantized branch without the loop over components."""
+    if q is None:
+        return hyperopt_tpe.LGMM1_lpdf(samples, weights, mus, sigmas, low, high, q)
+    samples, weights, mus, sigmas = map(np.asarray, (samples, weights, mus, sigmas))
+    if samples.size == 0:
+        return np.zeros(samples.shape)
+    shape, samples = samples.shape, samples.flatten()
+    p_accept = (1 if low is None and high is None
+                else np.sum(weights * (normal_cdf(high, mus, sigmas) - normal_cdf(low, mus, sigmas))))
+    ubound = samples + q / 2 if high is None else np.minimum(samples + q / 2, np.exp(high))
+    lbound = samples - q / 2 if low is None else np.maximum(samples - q / 2, np.exp(low))
+    lbound = np.maximum(0, lbound)
+    prob = _quantized_mass(samples, weights, mus, sigmas, lbound, ubound, hyperopt_tpe.lognormal_cdf)
+    rval = np.log(prob) - np.log(p_accept)
+    rval.shape = shape
+    return rval
+
+
+_FAST = {"ap_split_trials": "tuning_ap_split_trials", "GMM1_lpdf": "tuning_GMM1_lpdf",
+         "LGMM1_lpdf": "tuning_LGMM1_lpdf"}
