@@ -145,6 +145,9 @@ def main() -> None:
 @click.option("--max-epochs", type=click.IntRange(min=1), envvar="TUNING_MAX_EPOCHS",
               help="Train every fit for at most N epochs (quick checks) [env: TUNING_MAX_EPOCHS].")
 @no_model_option
+@click.option("--keep-models", metavar="all|best:N|none",
+              help="Which trials keep their logged model: all (default), the N best so far (the "
+                   "others' models are deleted from the store as better trials arrive), or none.")
 @backend_option
 @click.option("--patience", type=click.FloatRange(min=0), default=600, show_default=True,
               help="Seconds to keep retrying a tracking server that went away before stopping.")

@@ -21,6 +21,7 @@ from tuning.tracking import (
     INTERRUPTED_TAG,
     KIND_TAG,
     LOSS_METRIC,
+    MODEL_DELETED_TAG,
     OWN_LOSS_TAG,
     RETRY_TAG,
     STRATEGY_TAG,
@@ -117,7 +118,8 @@ def _result(run: Run) -> TrialResult:
     params = {k: _typed(v) for k, v in run.data.params.items()}
     return TrialResult(int(run.data.tags["tuning.trial"]), run.info.run_id, status,
                        params, loss, run.data.tags.get("tuning.error"),
-                       model_logged=bool(run.outputs and run.outputs.model_outputs),
+                       model_logged=bool(run.outputs and run.outputs.model_outputs)
+                       and MODEL_DELETED_TAG not in run.data.tags,
                        own_loss=run.data.tags.get(OWN_LOSS_TAG) == "true")
 
 

@@ -32,6 +32,7 @@ from tuning.patience import DEFAULT_PATIENCE
 from tuning.progress import RichReporter, SilentReporter
 from tuning.pruners import Pruner, Pruning
 from tuning.recipe import Recipe
+from tuning.retention import KeepModels, ModelKeeper
 from tuning.spark import Cluster
 from tuning.stopping import StopReason, StopRules
 from tuning.tpe import TPE
@@ -59,6 +60,7 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
              seed: int | None = None,
              experiment: str | None = None, tracking_uri: str | None = None,
              objective: str | None = None, mode: str | None = None, log_model: bool = True,
+             keep_models: str | KeepModels | None = None,
              max_epochs: int | None = None, progress: bool = True, resume: bool = False,
              force: bool = False,
              patience: float = DEFAULT_PATIENCE, trial_timeout: float | None = None,
@@ -78,7 +80,9 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
     ``suggest`` function. Arguments left as None take the recipe's constants
     (``MAX_EVALS``, ``ALGO`` …), then the defaults. ``max_epochs`` (or
     ``TUNING_MAX_EPOCHS``) caps every ``fit`` for a quick run. With ``progress=True`` a
-    progress bar replaces Keras' own per-epoch output.
+    progress bar replaces Keras' own per-epoch output. ``keep_models`` (``"all"``,
+    ``"best:N"``, ``"none"``; or ``KEEP_MODELS``) says which trials keep their logged model;
+    see :mod:`tuning.retention`.
 
     The study ends early at ``timeout`` seconds, after ``early_stop`` trials without
     improvement, or once the objective reaches ``target`` (see :mod:`tuning.stopping`).
@@ -99,7 +103,8 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
     recipe = Recipe.of(recipe, data)
     config = StudyConfig.merge(recipe, dict(
         max_evals=max_evals, algo=algo, seed=seed, experiment=experiment, objective=objective,
-        mode=mode, log_model=log_model, max_epochs=max_epochs, progress=progress, resume=resume,
+        mode=mode, log_model=log_model, keep_models=keep_models, max_epochs=max_epochs,
+        progress=progress, resume=resume,
         force=force,
         trial_timeout=trial_timeout, trial_max_memory=trial_max_memory, isolate=isolate,
         fraction=fraction, timeout=timeout, early_stop=early_stop, target=target, prune=prune,
@@ -153,6 +158,7 @@ class StudyConfig:
     pruner: Pruner | None = None
     cluster: Cluster | None = None  # set: trials run on Spark, this many at a time
     log_model: bool = True
+    keep_models: KeepModels = KeepModels()
     max_epochs: int | None = None
     progress: bool = True
     resume: bool = False
@@ -184,6 +190,7 @@ class StudyConfig:
             raise ConfigurationError(f"max_evals must be at least 1, got {budget}")
         seed = pick("SEED", None)
         max_epochs = overrides.get("max_epochs") or os.environ.get("TUNING_MAX_EPOCHS")
+        keep_models = KeepModels.parse(pick("KEEP_MODELS", "all"))
         return cls(
             experiment=None if pick("EXPERIMENT", None) is None else str(pick("EXPERIMENT", None)),
             max_evals=None if budget is None else int(budget), algo=algo,
@@ -193,7 +200,7 @@ class StudyConfig:
             timeout=overrides.get("timeout"), early_stop=overrides.get("early_stop"),
             target=overrides.get("target"), pruner=pruners.create(overrides.get("prune")),
             cluster=_cluster(overrides),
-            log_model=overrides.get("log_model", True),
+            log_model=overrides.get("log_model", True) and keep_models.best != 0, keep_models=keep_models,
             max_epochs=int(max_epochs) if max_epochs else None,
             progress=overrides.get("progress", True),
             resume=bool(overrides.get("resume")),
@@ -265,6 +272,9 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
     tags = {"tuning.max_evals": config.max_evals, "tuning.max_epochs": config.max_epochs, **lease.tags}
     if config.pruner is not None:
         tags["tuning.pruner"] = repr(config.pruner)  # e.g. MedianPruner(startup_trials=5, …)
+    if config.log_model:
+        tags["tuning.keep_models"] = str(config.keep_models)
+    keeper = ModelKeeper(config.keep_models, tracker, past.results)
     tracker.log(study_run_id, tags=tags)
     pruning = Pruning(config.pruner) if config.pruner else None
     if pruning is not None:
@@ -284,6 +294,7 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
         results.append(result)
         if pruning is not None and result.status in (TrialStatus.OK, TrialStatus.PRUNED):
             pruning.record(result.number, result.curve, complete=result.status is TrialStatus.OK)
+        keeper.record(result)
         for callback in callbacks:
             callback(result)
         signals.check()  # a stop requested during the trial, that Python dropped

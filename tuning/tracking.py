@@ -45,6 +45,7 @@ MODEL_ERROR_TAG = "tuning.model_error"  # why a finished trial has no model (the
 CREATE_TAG = "tuning.create_id"  # chosen by the client, so a run made by a retried request is found
 INTERRUPTED_TAG = "tuning.interrupted"  # "true" on a trial whose study was stopped (or died) under it
 RETRY_TAG = "tuning.retry_of"  # on a trial that reruns an interrupted one: that one's run id
+MODEL_DELETED_TAG = "tuning.model_deleted"  # why a finished trial's model is gone (--keep-models best:N)
 SOURCE_FUNCTION_TAG = "tuning.source_function"  # the study's model function, in the file tagged tuning.recipe
 _MAX_VALUE_LENGTH = 6000  # MLflow's limit for a param/tag value is 6000 characters
 T = TypeVar("T")
@@ -269,6 +270,24 @@ class Tracker:
                                             LoggedModelStatus.FAILED)
             raise
         self.patience.call(self.client.finalize_logged_model, logged.model_id, LoggedModelStatus.READY)
+
+    def delete_models(self, run_id: str) -> list[str]:
+        """Delete the files of the models ``run_id`` logged and mark the models deleted, unless
+        a registered model version comes from the run; the ids of those deleted. The run, its
+        params, metrics and tags stay."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        if self.patience.call(self.client.search_model_versions, f"run_id = '{run_id}'"):
+            return []  # (a version's model_id may read None: the run is what it records)
+        run = self.patience.call(self.client.get_run, run_id)
+        deleted = []
+        for output in run.outputs.model_outputs if run.outputs else ():
+            logged = self.patience.call(self.client.get_logged_model, output.model_id)
+            files = get_artifact_repository(logged.artifact_location, tracking_uri=self.uri)
+            self.patience.call(files.delete_artifacts)
+            self.patience.call(self.client.delete_logged_model, output.model_id)
+            deleted.append(output.model_id)
+        return deleted
 
     def logged_model_name(self, model_id: str) -> str:
         return self.patience.call(self.client.get_logged_model, model_id).name
