@@ -23,7 +23,7 @@ import tuning
 from tests.conftest import DIGITS_DATA, DIGITS_MODEL, free_port
 from tests.test_cli import TUNING
 from tuning.cli import main
-from tuning.report import REPORT_DIR, Point, attach_report, importance
+from tuning.report import REPORT_DIR, Point, Report, _draw, attach_report, importance
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FILES = ["objective.png", "params.png", "importance.png", "report.html", "trials.csv"]
@@ -61,6 +61,10 @@ def test_a_finished_study_attaches_its_plots_to_the_study_run(study):
     # the attached copy is the real thing, not an empty placeholder
     png = Path(client.download_artifacts(study.run_id, f"{REPORT_DIR}/objective.png", str(Path.cwd())))
     assert png.read_bytes().startswith(PNG)
+    # Drawn from the trials the study held, it says what a report read back from MLflow says.
+    attached = Path(client.download_artifacts(study.run_id, f"{REPORT_DIR}/trials.csv", str(Path.cwd())))
+    redrawn = tuning.study_report("plots", study.tracking_uri, Path.cwd() / "redrawn")
+    assert attached.read_text() == (redrawn.folder / "trials.csv").read_text()
 
 
 def test_study_report_reads_the_objective_as_users_think_of_it(study, tmp_path):
@@ -105,9 +109,45 @@ def test_importance_needs_a_few_trials_and_finds_what_matters():
     assert list(shares) == ["x", "act"] and shares["x"] > 0.9
 
 
+def test_report_html_can_load_plotly_js_from_the_cdn_or_a_url_instead_of_inlining_it(study, tmp_path,
+                                                                                      monkeypatch):
+    inline = (tuning.study_report("plots", study.tracking_uri, tmp_path / "inline").folder
+              / "report.html").stat().st_size
+    cdn = tuning.study_report("plots", study.tracking_uri, tmp_path / "cdn", plotly_js="cdn")
+    page = (cdn.folder / "report.html").read_text()
+    assert 'src="https://cdn.plot.ly/plotly-' in page and "plotly.js v" not in page
+    assert len(page) < 100_000 < 4_000_000 < inline
+    monkeypatch.setenv("TUNING_PLOTLY_JS", "https://ml.example.org/static/plotly.min.js")
+    result = invoke("report", "plots", "--tracking-uri", study.tracking_uri, "--out", str(tmp_path / "url"))
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "url" / "report.html").read_text()
+    assert page.count('src="https://ml.example.org/static/plotly.min.js"') == 1
+    bad = CliRunner().invoke(main, ["report", "plots", "--tracking-uri", study.tracking_uri,
+                                    "--plotly-js", "offline"])
+    assert bad.exit_code == 1
+    assert "plotly.js source must be 'inline', 'cdn' or the URL of a .js file, got 'offline'" in bad.output
+
+
+def test_a_report_of_thousands_of_trials_stays_readable_and_its_page_small(tmp_path):
+    rng = np.random.default_rng(1)
+    points = tuple(Point(n, f"{n:032x}", {"lr": f"{10 ** -x:.6g}", "act": str(rng.choice(["relu", "tanh"])),
+                                          "units": str(int(rng.integers(8, 64)))}, 1 - x / 5, x / 5 - 1)
+                   for n, x in enumerate(rng.random(5000) * 4, 1))
+    shares = importance(points)  # learnt from a sample of them: the cost of 2,000 trials
+    assert list(shares)[0] == "lr" and shares["lr"] > 0.9
+    report = Report("big", "0" * 32, "accuracy", "max", points, 0, shares, tmp_path, (),
+                    {"lr": {"distribution": "loguniform(-9, 0)"}})
+    files = {f.name: f for f in _draw(report, plotly_js="cdn")}
+    page = files["report.html"].read_text()
+    templates = page.count('"scattergl":[{')  # plotly's theme names every trace type per figure
+    assert page.count('"type":"scattergl"') - templates == 4  # WebGL: the objective, 3 parameters
+    assert len(page) < 5000 * 400, "each point's hover text once, not once per panel"
+    assert files["objective.png"].read_bytes().startswith(PNG)
+
+
 def test_a_report_that_cannot_be_drawn_warns_and_never_raises(study, caplog):
     with caplog.at_level(logging.WARNING, logger="tuning.report"):
-        attach_report(study.tracking_uri, "plots", "f" * 32)  # no such study run
+        attach_report(dataclasses.replace(study, run_id="f" * 32))  # no such study run
     assert "could not draw the study report of run ffff" in caplog.text
 
 

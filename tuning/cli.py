@@ -331,14 +331,18 @@ def best(experiment: str, tracking_uri: str | None, top: int, register: str | No
 @click.option("--study", metavar="RUN_ID", help="The study run to report on [default: the newest].")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--log", "log_to_run", is_flag=True, help="Also attach the plots to the study run.")
+@click.option("--plotly-js", metavar="inline|cdn|URL", envvar="TUNING_PLOTLY_JS",
+              help="Where report.html gets plotly.js: inline (default; 4.8 MB, works offline), cdn, "
+                   "or the URL of a copy [env: TUNING_PLOTLY_JS, which a study's own report reads too].")
 @friendly
 def report(experiment: str, tracking_uri: str | None, out: str | None, study: str | None, top: int,
-           log_to_run: bool) -> None:
+           log_to_run: bool, plotly_js: str | None) -> None:
     """Plot a study of EXPERIMENT (objective by trial, hyperparameters, importance); list its best trials."""
     from tuning.report import log_report, study_report
 
     with console.status(f"reading and plotting the study of {experiment} …"):
-        made = study_report(experiment, tracking_uri, out or f"{experiment}-report", study=study)
+        made = study_report(experiment, tracking_uri, out or f"{experiment}-report", study=study,
+                            plotly_js=plotly_js)
     console.print(made.summary(top), highlight=False, markup=False)
     console.print(f"\n{len(made.trials)} finished trials, {made.failed} failed; wrote:")
     for path in made.files:

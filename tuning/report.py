@@ -29,20 +29,27 @@ import html
 import json
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuning.best import find_experiment, trial_runs
-from tuning.errors import NoTrialsError
+from tuning.errors import ConfigurationError, NoTrialsError
 from tuning.fluent import quiet_downloads
-from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker
+from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker, format_value
+from tuning.trial import TrialStatus
+
+if TYPE_CHECKING:
+    from tuning.study import StudyResult
 
 REPORT_DIR = "report"  # the folder of the study run's artifacts that holds the plots
 MIN_TRIALS_FOR_IMPORTANCE = 4  # below this a forest explains noise, not hyperparameters
 TRUSTED_IMPORTANCE = 30  # below this many trials the importance plot says it is a rough guide
+IMPORTANCE_SAMPLE = 2000  # trials the importance forest learns from, at most (as many explain it well)
+CROWDED = 1000  # above this many trials, points are drawn small and translucent, WebGL in the page
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +125,13 @@ class Report:
 
 
 def study_report(experiment: str, tracking_uri: str | None = None, out: str | Path | None = None,
-                 *, study: str | None = None) -> Report:
+                 *, study: str | None = None, plotly_js: str | None = None) -> Report:
     """Draw the plots of ``experiment``'s newest study (or the study run ``study``) into ``out``.
 
     ``out`` is created if needed; None means a new temporary folder. Raises
     :class:`~tuning.errors.NoTrialsError` when the study has no finished trial.
+    ``plotly_js`` (or ``TUNING_PLOTLY_JS``) says where ``report.html`` gets plotly.js: see
+    :func:`plotly_source`.
 
     Example::
 
@@ -151,7 +160,7 @@ def study_report(experiment: str, tracking_uri: str | None = None, out: str | Pa
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(experiment, study_run.info.run_id, objective, mode, points, failed,
                     importance(points), folder, (), _space(tracker, study_run.info.run_id))
-    return dataclasses.replace(report, files=tuple(_draw(report)))
+    return dataclasses.replace(report, files=tuple(_draw(report, plotly_source(plotly_js))))
 
 
 def log_report(report: Report, tracking_uri: str | None = None) -> None:
@@ -161,15 +170,40 @@ def log_report(report: Report, tracking_uri: str | None = None) -> None:
         client.log_artifact(report.study_run_id, str(path), REPORT_DIR)
 
 
-def attach_report(tracking_uri: str, experiment: str, study_run_id: str) -> None:
-    """Draw and log a study's report at its end; never raises: the study is what matters."""
+def attach_report(study: StudyResult) -> None:
+    """Draw and log a study's report at its end, from the trials it holds (nothing is read
+    back); never raises: the study is what matters."""
+    sign = -1.0 if study.objective.mode == "max" else 1.0
+    finished = sorted((t for t in study.trials if t.status is TrialStatus.OK and t.loss is not None),
+                      key=lambda t: t.number)
+    if not finished:
+        return  # every trial failed: nothing to draw, and the study already says why
+    points = tuple(Point(t.number, t.run_id, {k: format_value(v) for k, v in t.params.items()},
+                         sign * t.loss, t.loss) for t in finished)  # type: ignore[operator]
+    failed = sum(t.status is TrialStatus.FAILED for t in study.trials)
+    space = {name: {"distribution": d.describe(), "values": d.grid} for name, d in study.space.items()}
     try:
         with tempfile.TemporaryDirectory(prefix="tuning-report-") as folder:
-            log_report(study_report(experiment, tracking_uri, folder, study=study_run_id), tracking_uri)
-    except NoTrialsError:
-        pass  # every trial failed: nothing to draw, and the study already says why
+            report = Report(study.experiment, study.run_id, study.objective.metric, study.objective.mode,
+                            points, failed, importance(points), Path(folder), (), space)
+            report = dataclasses.replace(report, files=tuple(_draw(report, plotly_source())))
+            log_report(report, study.tracking_uri)
     except Exception as error:  # noqa: BLE001 - a plotting failure must not fail a finished search
-        logger.warning("could not draw the study report of run %s: %s", study_run_id, error)
+        logger.warning("could not draw the study report of run %s: %s", study.run_id, error)
+
+
+def plotly_source(choice: str | None = None) -> str | bool:
+    """How ``report.html`` loads plotly.js, from ``choice`` or ``TUNING_PLOTLY_JS``:
+    ``inline`` (the default: 4.8 MB in every page, which then works offline and inside the
+    MLflow UI), ``cdn`` (plotly's CDN, fetched once and cached by the browser), or the URL
+    of a copy of ``plotly.min.js`` (e.g. on the team's server)."""
+    value = (choice or os.environ.get("TUNING_PLOTLY_JS") or "inline").strip()
+    if value == "inline":
+        return True
+    if value == "cdn" or value.endswith(".js"):
+        return value
+    raise ConfigurationError(f"plotly.js source must be 'inline', 'cdn' or the URL of a .js file, "
+                             f"got {value!r}")
 
 
 def importance(trials: Sequence[Point]) -> dict[str, float]:
@@ -182,6 +216,10 @@ def importance(trials: Sequence[Point]) -> dict[str, float]:
         return {}
     import numpy as np
     from sklearn.ensemble import RandomForestRegressor
+
+    if len(trials) > IMPORTANCE_SAMPLE:  # the forest's cost stays that of a study of this size
+        rows = np.random.default_rng(0).choice(len(trials), IMPORTANCE_SAMPLE, replace=False)
+        trials = [trials[i] for i in sorted(rows)]
 
     names = list(dict.fromkeys(name for t in trials for name in t.params))
     if not names:
@@ -235,13 +273,18 @@ def _running_best(report: Report) -> list[float]:
     return best
 
 
-def _draw(report: Report) -> list[Path]:
+def _draw(report: Report, plotly_js: str | bool = True) -> list[Path]:
     """Write the PNGs, the HTML page and ``trials.csv`` into the report's folder."""
     files = [_objective_png(report), _params_png(report)]
     if report.importance:
         files.append(_importance_png(report))
-    files += [_html(report), _csv(report)]
+    files += [_html(report, plotly_js), _csv(report)]
     return files
+
+
+def _marker(report: Report) -> dict[str, Any]:
+    """matplotlib's scatter style: thousands of default-sized points make one blot."""
+    return {"s": 6, "alpha": 0.4, "linewidths": 0} if len(report.trials) > CROWDED else {}
 
 
 # --- matplotlib: a Figure without pyplot draws with Agg, no GUI and no global state --------------
@@ -261,7 +304,7 @@ def _objective_png(report: Report) -> Path:
     figure = _figure(7, 4)
     axes = figure.add_subplot()
     numbers = [t.number for t in report.trials]
-    axes.scatter(numbers, [t.value for t in report.trials], label="trial", zorder=3)
+    axes.scatter(numbers, [t.value for t in report.trials], label="trial", zorder=3, **_marker(report))
     axes.step(numbers, _running_best(report), where="post", color="tab:orange", label="best so far")
     axes.set(xlabel="trial", ylabel=report.objective,
              title=f"{report.experiment}: {report.objective} by trial ({report.mode})")
@@ -283,10 +326,10 @@ def _params_png(report: Report) -> Path:
         raw = [t.params.get(name) for t in report.trials]
         scale, labels = report.axis(name)
         if scale == "category":  # one column of points per option, in the recipe's order
-            axes.scatter([labels.index(str(v)) for v in raw], values)
+            axes.scatter([labels.index(str(v)) for v in raw], values, **_marker(report))
             axes.set_xticks(range(len(labels)), labels)
         else:
-            axes.scatter(_numbers(raw), values)
+            axes.scatter(_numbers(raw), values, **_marker(report))
             axes.set_xscale(scale)
             if scale == "log":  # within a decade matplotlib labels every minor tick: they overlap
                 axes.xaxis.set_minor_formatter(NullFormatter())
@@ -308,16 +351,20 @@ def _importance_png(report: Report) -> Path:
 
 # --- plotly: the same pictures, interactive, on one self-contained page ---------------------------
 
-def _html(report: Report) -> Path:
+def _html(report: Report, plotly_js: str | bool = True) -> Path:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    crowded = len(report.trials) > CROWDED
+    scatter = go.Scattergl if crowded else go.Scatter  # WebGL: 10,000 points stay responsive
+    size = {"size": 4, "opacity": 0.5} if crowded else {}
     hover = [f"trial {t.number}<br>run {t.run_id}<br>"
              + "<br>".join(f"{k}={v}" for k, v in t.params.items()) for t in report.trials]
     numbers = [t.number for t in report.trials]
     values = [t.value for t in report.trials]
     objective = go.Figure([
-        go.Scatter(x=numbers, y=values, mode="markers", name="trial", hovertext=hover, hoverinfo="text+y"),
+        scatter(x=numbers, y=values, mode="markers", name="trial", hovertext=hover, hoverinfo="text+y",
+                marker=size),
         go.Scatter(x=numbers, y=_running_best(report), mode="lines", name="best so far",
                    line_shape="hv")])
     objective.update_layout(title=f"{report.objective} by trial ({report.mode})",
@@ -331,8 +378,10 @@ def _html(report: Report) -> Path:
         scale, labels = report.axis(name)
         x = [str(v) for v in raw] if scale == "category" else _numbers(raw)
         row, col = index // columns + 1, index % columns + 1
-        params.add_trace(go.Scatter(x=x, y=values, mode="markers", name=name, hovertext=hover,
-                                    hoverinfo="text+y", showlegend=False, marker_color="#1f77b4"),
+        # The trial number only: the whole hover text again in every panel would multiply the page.
+        params.add_trace(scatter(x=x, y=values, mode="markers", name=name, text=numbers,
+                                 hovertemplate="trial %{text}<br>%{x}<br>%{y}<extra></extra>",
+                                 showlegend=False, marker={"color": "#1f77b4", **size}),
                          row=row, col=col)
         axis = ({"type": "category", "categoryorder": "array", "categoryarray": labels}
                 if scale == "category" else {"type": scale})
@@ -346,7 +395,7 @@ def _html(report: Report) -> Path:
                                         orientation="h")))
         figures[-1].update_layout(title=f"hyperparameter importance for {report.objective} "
                                         f"(random forest){_few(report)}")
-    parts = [figure.to_html(full_html=False, include_plotlyjs=index == 0)  # the script once
+    parts = [figure.to_html(full_html=False, include_plotlyjs=plotly_js if index == 0 else False)
              for index, figure in enumerate(figures)]
     path = report.folder / "report.html"
     title = html.escape(report.experiment)

@@ -500,7 +500,7 @@ def _finish(tracker: Tracker, result: StudyResult, status: str) -> None:
 
         try:
             signals.check()
-            attach_report(result.tracking_uri, result.experiment, result.run_id)
+            attach_report(result)
         except KeyboardInterrupt:  # --resume draws it: every trial is done, the budget spent
             tracker.log(result.run_id, tags={"tuning.stop_reason": StopReason.INTERRUPTED,
                                              "tuning.stop_detail": "interrupted while drawing the report"})
