@@ -297,6 +297,9 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
         keeper.record(result)
         for callback in callbacks:
             callback(result)
+        # The trial's garbage collected, what outlives it frozen: each collection then walks one
+        # trial's objects, not every object of every trial so far (TensorFlow keeps some).
+        settle()
         signals.check()  # a stop requested during the trial, that Python dropped
 
     rng = np.random.default_rng(config.seed)
