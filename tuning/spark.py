@@ -4,7 +4,7 @@
 executor loads the recipe and its data once per Python worker, runs
 :func:`tuning.trial.run_trial` and logs straight to the tracking server (the same child
 run, tags, epoch metrics and model as a serial trial). The driver proposes configurations
-with hyperopt, in hyperopt's ``Trials``, and collects the results (:class:`Dispatcher`).
+with hyperopt, in hyperopt's ``Trials``, and collects the results (:class:`SparkExecutor`).
 Each Python worker limits its thread pools (``TF_NUM_INTRAOP_THREADS`` …, set through
 ``spark.executorEnv.*``) so that N workers do not fight over the cores.
 
@@ -26,21 +26,18 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
-from hyperopt import Trials, base
-from hyperopt.utils import coarse_utcnow
-
 from tuning import DISTRIBUTION, history
-from tuning.errors import RecipeError, TrackingError, TuningError
+from tuning.errors import TrackingError, TuningError
+from tuning.loop import ExecutorUnusable
 from tuning.progress import SilentReporter
 from tuning.pruners import Pruning
-from tuning.trial import TrialResult, TrialSetup, TrialStatus, hyperopt_point, run_trial
+from tuning.trial import TrialResult, TrialSetup, TrialStatus, run_trial
 from tuning.worker import TrialSpec
 
 _LEAN_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
@@ -120,8 +117,8 @@ def _thread_limits(threads: int | None) -> dict[str, str]:
     return limits
 
 
-class Dispatcher:
-    """Runs hyperopt's suggestions as Spark jobs, N at a time, each as soon as a slot frees.
+class SparkExecutor:
+    """Runs trials as Spark jobs, N at a time, for :func:`tuning.loop.run_trials`.
 
     hyperopt's own ``SparkTrials`` looks for new work once a second, in two loops (its
     ``fmin`` and its dispatcher); with trials of a few seconds that idled each Spark slot
@@ -130,56 +127,23 @@ class Dispatcher:
     it), the next configuration is suggested and its Spark job starts, all at once.
     """
 
-    def __init__(self, spark: Any, parallelism: int, setup: TrialSetup, names: list[str],
-                 pruning: Pruning | None):
+    def __init__(self, spark: Any, parallelism: int, setup: TrialSetup, pruning: Pruning | None):
         self.spark = spark
-        self.parallelism = parallelism
+        self.slots = parallelism
         self.setup = setup
         self.spec = replace(TrialSpec.of(setup), quiet_fit=True)  # no Keras output in executor logs
-        self.names = names  # the recipe's order
         self.pruning = pruning  # pickled with each task: the curves known when it starts
-        self._ended: queue.Queue[tuple[dict[str, Any], TrialResult]] = queue.Queue()
+        self._ended: queue.Queue[TrialResult] = queue.Queue()
 
-    def run(self, space: dict[str, Any], suggest: Callable[..., Any], trials: Trials, max_evals: int,
-            rng: np.random.Generator, ended: Callable[[TrialResult], bool]) -> None:
-        """Run trials until ``max_evals`` are in ``trials``, ``suggest`` has no more, or
-        ``ended`` (called on the driver with each result) says stop; running ones finish."""
-        domain = base.Domain(None, space)  # suggest functions read only the space
-        running, stopping = 0, False
-        unusable = ""  # why an executor could not load the recipe: the study stops with it
-        # Reruns of interrupted trials, queued by a resume before the search starts: they go first.
-        queued = [d for d in trials.trials if d["state"] == base.JOB_STATE_NEW]
-        while True:
-            while not stopping and running < self.parallelism:
-                if queued:
-                    self._start(domain, trials, queued.pop(0))
-                    running += 1
-                    continue
-                if len(trials.trials) >= max_evals:
-                    break
-                docs = suggest(trials.new_trial_ids(1), domain, trials, rng.integers(2**31 - 1))
-                if not docs:  # a grid with no points left
-                    stopping = True
-                    break
-                trials.insert_trial_docs(docs)
-                self._start(domain, trials, docs[0])
-                running += 1
-            if running == 0:
-                if unusable:
-                    raise RecipeError(unusable)
-                return
-            doc, result = self._ended.get()
-            running -= 1
-            setup_failed = (result.error or "").startswith(EXECUTOR_SETUP_FAILED)
-            if result.status is TrialStatus.FAILED and not result.run_id and not setup_failed:
-                result = self._lost(result)
-            doc["state"], doc["result"] = base.JOB_STATE_DONE, result.to_hyperopt()
-            doc["refresh_time"] = coarse_utcnow()
-            trials.refresh()
-            if setup_failed:  # not a trial (it has no run): the study stops
-                unusable, stopping = unusable or result.error or "", True
-            else:
-                stopping = ended(result) or stopping
+    def next_result(self) -> TrialResult:
+        """The next trial to end, reported here (the executors report nothing to this process)."""
+        result = self._ended.get()
+        if (result.error or "").startswith(EXECUTOR_SETUP_FAILED):  # not a trial: it has no run
+            raise ExecutorUnusable(result.number, result.error or "")
+        if result.status is TrialStatus.FAILED and not result.run_id:
+            result = self._lost(result)
+        self.setup.reporter.trial_ended(result)
+        return result
 
     def _lost(self, result: TrialResult) -> TrialResult:
         """A trial whose Spark task died: its run, if it has one, ends FAILED with the reason."""
@@ -188,13 +152,7 @@ class Dispatcher:
                                     result.error or "", "FAILED", result.number)
         return replace(result, run_id=ended[0]) if ended else result
 
-    def _start(self, domain: base.Domain, trials: Trials, doc: dict[str, Any]) -> None:
-        doc["state"] = base.JOB_STATE_RUNNING
-        doc["book_time"] = doc["refresh_time"] = coarse_utcnow()
-        trials.refresh()
-        number = doc["tid"] + 1
-        params, raw = hyperopt_point(domain.expr, domain.memo_from_config(base.spec_from_misc(doc["misc"])),
-                                     self.names)
+    def start(self, number: int, params: dict[str, Any], raw: dict[str, Any]) -> None:
         task = functools.partial(_trial_task, self.spec, self.pruning, number, params, raw)
 
         def job() -> None:
@@ -206,7 +164,7 @@ class Dispatcher:
             except Exception as error:  # the task never ran or its worker died: Spark's message
                 result = TrialResult(number, "", TrialStatus.FAILED, params,
                                      error=f"the Spark task failed: {_reason(error)}")
-            self._ended.put((doc, result))
+            self._ended.put(result)
 
         from pyspark import InheritableThread  # pyspark's threads keep their job's properties
 

@@ -1,4 +1,4 @@
-"""The search driver: one MLflow study run around ``hyperopt.fmin``.
+"""The search driver: one MLflow study run around hyperopt's proposals (see :mod:`tuning.loop`).
 
 hyperopt stays behind this module: trials come out as :class:`TrialResult` with real
 values, never choice indices or ``t["misc"]["vals"]``.
@@ -14,20 +14,20 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hyperopt import Trials, anneal, fmin, rand, tpe
-from hyperopt.exceptions import AllTrialsFailed
+from hyperopt import Trials, anneal, rand, tpe
 
 from tuning import history, pruners, signals, spark
 from tuning.distributions import Distribution
 from tuning.errors import ConfigurationError, TemplateError, TrackingError
 from tuning.grid import Grid
 from tuning.lease import Lease
+from tuning.loop import Executor, InProcess, run_trials
 from tuning.patience import DEFAULT_PATIENCE
 from tuning.progress import RichReporter, SilentReporter
 from tuning.pruners import Pruner, Pruning
@@ -43,7 +43,6 @@ from tuning.trial import (
     TrialResult,
     TrialSetup,
     TrialStatus,
-    hyperopt_point,
     run_trial,
     settle,
 )
@@ -304,30 +303,22 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
 
     rng = np.random.default_rng(config.seed)
     for _ in range(past.proposals):  # go on with the stream where it stopped: hyperopt draws
-        rng.integers(2**31 - 1)      # one seed per proposal, as fmin and the dispatcher do
-    runner: Callable[[int, dict[str, Any], dict[str, Any]], TrialResult] | None = None
+        rng.integers(2**31 - 1)      # one seed per proposal, as fmin does (tuning.loop)
+    def ended(result: TrialResult) -> bool:
+        record(result)
+        return rules.check(results)
+
+    runner: IsolatedRunner | None = None
+    executor: Executor
     if session is None:
-        runner = (functools.partial(run_trial, setup) if config.limits is None
-                  else IsolatedRunner(setup, config.limits))
-
-        def stop(trials: Trials, *state: Any) -> tuple[bool, tuple[Any, ...]]:
-            return rules.check(results), state
-
-        search: Callable[[], Any] = functools.partial(
-            fmin, _objective(runner, list(distributions), record), space, algo=suggest,
-            max_evals=config.max_evals, trials=trials, early_stop_fn=stop, rstate=rng,
-            show_progressbar=False, return_argmin=False)
+        runner = IsolatedRunner(setup, config.limits) if config.limits is not None else None
+        executor = InProcess(runner or functools.partial(run_trial, setup))
         running: Any = nullcontext()
     else:
-        def ended(result: TrialResult) -> bool:
-            record(result)
-            reporter.trial_ended(result)  # the executors report nothing to this process
-            return rules.check(results)
-
-        dispatcher = spark.Dispatcher(session, config.cluster.parallelism, setup, list(distributions),
-                                      pruning)
-        search = functools.partial(dispatcher.run, space, suggest, trials, config.max_evals, rng, ended)
+        executor = spark.SparkExecutor(session, config.cluster.parallelism, setup, pruning)
         running = spark.cancelling_on_interrupt(session)
+    search = functools.partial(run_trials, space, suggest, trials, config.max_evals, rng, executor,
+                               list(distributions), ended)
 
     logging.getLogger("hyperopt").setLevel(logging.WARNING)
     lease.start()
@@ -335,8 +326,7 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
     status, reason = "FAILED", StopReason.MAX_EVALS
     try:
         signals.check()
-        with reporter if isinstance(reporter, RichReporter) else nullcontext(), running, \
-                suppress(AllTrialsFailed):  # failed trials are reported in the result
+        with reporter if isinstance(reporter, RichReporter) else nullcontext(), running:
             search()
         status = "FINISHED"
         if rules.reason is not None:
@@ -354,7 +344,7 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
     finally:
         lease.close()
         gc.unfreeze()
-        if isinstance(runner, IsolatedRunner):
+        if runner is not None:
             runner.close()
         if session is not None:
             if status:  # cancelled Spark tasks leave their runs RUNNING
@@ -367,20 +357,6 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
         if status:
             _finish(tracker, result, status)
     return result
-
-
-def _objective(runner: Callable[[int, dict[str, Any], dict[str, Any]], TrialResult],
-               names: list[str], record: Callable[[TrialResult], None]) -> Callable[..., Any]:
-    """hyperopt's objective for trials run by this process (or its worker)."""
-    def objective(expr: Any, memo: Any, ctrl: Any) -> dict[str, Any]:
-        signals.check()
-        params, raw = hyperopt_point(expr, memo, names)
-        result = runner(ctrl.current_trial["tid"] + 1, params, raw)
-        record(result)
-        return result.to_hyperopt()
-
-    objective.fmin_pass_expr_memo_ctrl = True  # type: ignore[attr-defined]
-    return objective
 
 
 def _search(recipe: Recipe, distributions: dict[str, Distribution],
