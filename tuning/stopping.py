@@ -40,6 +40,11 @@ class StopRules:
     reason: StopReason | None = None
     detail: str = ""
     _started: float = field(default_factory=time.monotonic)
+    # The best result so far and its place, kept as results arrive: a check costs the same
+    # at trial 10 and at trial 10,000.
+    _seen: int = 0
+    _best: TrialResult | None = None
+    _best_at: int = -1
 
     def __post_init__(self) -> None:
         if self.timeout is not None and self.timeout <= 0:
@@ -48,14 +53,20 @@ class StopRules:
             raise ConfigurationError(f"early_stop must be at least 1 trial, got {self.early_stop}")
 
     def check(self, results: Sequence[TrialResult]) -> bool:
-        """True when the study should start no further trial; sets ``reason``."""
-        ok = [r for r in results if r.status is TrialStatus.OK and r.loss is not None]
-        best = min(ok, key=lambda r: (r.loss, r.number)) if ok else None
+        """True when the study should start no further trial; sets ``reason``. ``results``
+        only grows between calls."""
+        for index in range(self._seen, len(results)):
+            result = results[index]
+            usable = result.status is TrialStatus.OK and result.loss is not None
+            if usable and (self._best is None or _rank(result) < _rank(self._best)):
+                self._best, self._best_at = result, index
+        self._seen = len(results)
+        best = self._best
         if self.target is not None and best is not None and best.loss <= self.objective.loss(self.target):
             return self._stop(StopReason.TARGET, f"{self.objective.metric} reached {self.target:g} "
                                                  f"in trial {best.number}")
         if self.early_stop is not None:
-            since = len(results) - (results.index(best) + 1 if best is not None else 0)
+            since = len(results) - (self._best_at + 1 if best is not None else 0)
             if since >= self.early_stop:
                 return self._stop(StopReason.EARLY_STOP, f"{since} trials without a better "
                                                          f"{self.objective.metric}")
@@ -67,3 +78,8 @@ class StopRules:
     def _stop(self, reason: StopReason, detail: str) -> bool:
         self.reason, self.detail = reason, detail
         return True
+
+
+def _rank(result: TrialResult) -> tuple[float, int]:
+    """Lower is better; a tie goes to the earlier trial."""
+    return result.loss, result.number  # type: ignore[return-value]
