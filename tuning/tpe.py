@@ -188,25 +188,39 @@ def _loss(doc: dict[str, Any]) -> float:
 def tuning_ap_split_trials(o_idxs: Any, o_vals: Any, l_idxs: Any, l_vals: Any, gamma: float,
                            gamma_cap: int = DEFAULT_LF) -> tuple[np.ndarray, np.ndarray]:
     """``tpe.ap_split_trials`` with ``np.isin`` for its per-observation set test."""
-    o_idxs, o_vals, l_idxs, l_vals = map(np.asarray, [o_idxs, o_vals, l_idxs, l_vals])
+    o_idxs, o_vals, l_idxs = map(np.asarray, [o_idxs, o_vals, l_idxs])
     n_below = min(int(np.ceil(gamma * np.sqrt(len(l_vals)))), gamma_cap)
-    l_order = np.argsort(l_vals)
+    l_order = _loss_order(l_vals)
     below = o_vals[np.isin(o_idxs, l_idxs[l_order[:n_below]])]
     above = o_vals[np.isin(o_idxs, l_idxs[l_order[n_below:]])]
     # hyperopt builds these from Python lists: an empty one is float64 whatever the values were.
     return (below if below.size else np.asarray([])), (above if above.size else np.asarray([]))
 
 
+_last_order: tuple[Any, np.ndarray] | None = None
+
+
+def _loss_order(losses: Any) -> np.ndarray:
+    """``np.argsort(losses)``, sorted once per proposal rather than once per parameter: every
+    parameter's split gets the same losses array (a new one whenever a loss changes)."""
+    global _last_order
+    if _last_order is None or _last_order[0] is not losses:
+        _last_order = losses, np.argsort(np.asarray(losses))
+    return _last_order[1]
+
+
 def _quantized_mass(samples: np.ndarray, weights: np.ndarray, mus: np.ndarray, sigmas: np.ndarray,
                     lbound: np.ndarray, ubound: np.ndarray, cdf: Any) -> np.ndarray:
     """Sum over components of ``w * cdf(ubound) - w * cdf(lbound)``, added component after
-    component as hyperopt's loop does (``cumsum`` is sequential), for every sample at once."""
+    component as hyperopt's loop does (``cumsum`` is sequential), for every sample at once;
+    once per distinct sample (quantized candidates repeat)."""
     if len(weights) == 0:
         return np.zeros(samples.shape, dtype="float64")
+    bounds, back = np.unique(np.stack([lbound, ubound]), axis=1, return_inverse=True)
     w, mu, sigma = weights[:, None], mus[:, None], sigmas[:, None]
-    increments = w * cdf(ubound[None, :], mu, sigma)
-    increments -= w * cdf(lbound[None, :], mu, sigma)
-    return np.cumsum(increments, axis=0)[-1]
+    increments = w * cdf(bounds[1][None, :], mu, sigma)
+    increments -= w * cdf(bounds[0][None, :], mu, sigma)
+    return np.cumsum(increments, axis=0)[-1][back.reshape(-1)]
 
 
 @scope.define
