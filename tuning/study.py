@@ -304,6 +304,7 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
     rng = np.random.default_rng(config.seed)
     for _ in range(past.proposals):  # go on with the stream where it stopped: hyperopt draws
         rng.integers(2**31 - 1)      # one seed per proposal, as fmin does (tuning.loop)
+
     def ended(result: TrialResult) -> bool:
         record(result)
         return rules.check(results)

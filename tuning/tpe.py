@@ -40,9 +40,9 @@ _FINAL_STATES = (base.JOB_STATE_DONE, base.JOB_STATE_ERROR)
 
 
 class TPE:
-    """A ``suggest`` function for ``fmin`` (or the study's dispatcher) with hyperopt's defaults.
-
-    One instance follows one ``Trials`` and one space; given another, it starts over.
+    """A ``suggest`` function for ``fmin`` (or :func:`tuning.loop.run_trials`) with
+    ``tpe.suggest``'s settings and defaults (``verbose`` is accepted and ignored: nothing is
+    logged). One instance follows one ``Trials`` and one space; given another, it starts over.
     """
 
     def __init__(self, prior_weight: float = hyperopt_tpe._default_prior_weight,
