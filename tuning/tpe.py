@@ -223,46 +223,47 @@ def _quantized_mass(samples: np.ndarray, weights: np.ndarray, mus: np.ndarray, s
     return np.cumsum(increments, axis=0)[-1][back.reshape(-1)]
 
 
-@scope.define
-def tuning_GMM1_lpdf(samples: Any, weights: Any, mus: Any, sigmas: Any, low: Any = None,  # noqa: N802
-                     high: Any = None, q: Any = None) -> np.ndarray:
-    """``tpe.GMM1_lpdf``: its quantized branch without the loop over components."""
-    if q is None:
-        return hyperopt_tpe.GMM1_lpdf(samples, weights, mus, sigmas, low, high, q)
+def _fast_lpdf(original: Any, log_scale: bool) -> Any:
+    """``original`` (``tpe.GMM1_lpdf`` or ``tpe.LGMM1_lpdf``) with its quantized branch
+    vectorized, registered with pyll as ``tuning_<name>``."""
+    def lpdf(samples: Any, weights: Any, mus: Any, sigmas: Any, low: Any = None, high: Any = None,
+             q: Any = None) -> np.ndarray:
+        if q is None:
+            return original(samples, weights, mus, sigmas, low, high, q)
+        return _quantized_lpdf(samples, weights, mus, sigmas, low, high, q, log_scale)
+
+    lpdf.__name__ = lpdf.__qualname__ = f"tuning_{original.__name__}"
+    return scope.define(lpdf)
+
+
+def _quantized_lpdf(samples: Any, weights: Any, mus: Any, sigmas: Any, low: Any, high: Any, q: Any,
+                    log_scale: bool) -> np.ndarray:
+    """The quantized branch of ``GMM1_lpdf`` (normal components) or, with ``log_scale``, of
+    ``LGMM1_lpdf`` (log-normal ones, bounds given as logs), as hyperopt computes them."""
     samples, weights, mus, sigmas = map(np.asarray, (samples, weights, mus, sigmas))
-    if samples.size == 0:
-        return np.asarray([])
+    if samples.size == 0:  # what each of hyperopt's two returns for no samples
+        return np.zeros(samples.shape) if log_scale else np.asarray([])
     shape, samples = samples.shape, samples.flatten()
     p_accept = (1 if low is None and high is None
                 else np.sum(weights * (normal_cdf(high, mus, sigmas) - normal_cdf(low, mus, sigmas))))
-    ubound = samples + q / 2 if high is None else np.minimum(samples + q / 2, high)
-    lbound = samples - q / 2 if low is None else np.maximum(samples - q / 2, low)
-    prob = _quantized_mass(samples, weights, mus, sigmas, lbound, ubound, normal_cdf)
+    if high is None:
+        ubound = samples + q / 2
+    else:
+        ubound = np.minimum(samples + q / 2, np.exp(high) if log_scale else high)
+    if low is None:
+        lbound = samples - q / 2
+    else:
+        lbound = np.maximum(samples - q / 2, np.exp(low) if log_scale else low)
+    if log_scale:
+        lbound = np.maximum(0, lbound)
+    cdf = hyperopt_tpe.lognormal_cdf if log_scale else normal_cdf
+    prob = _quantized_mass(samples, weights, mus, sigmas, lbound, ubound, cdf)
     rval = np.log(prob) - np.log(p_accept)
     rval.shape = shape
     return rval
 
 
-@scope.define
-def tuning_LGMM1_lpdf(samples: Any, weights: Any, mus: Any, sigmas: Any, low: Any = None,  # noqa: N802
-                      high: Any = None, q: Any = None) -> np.ndarray:
-    """``tpe.LGMM1_lpdf``: its quantized branch without the loop over components."""
-    if q is None:
-        return hyperopt_tpe.LGMM1_lpdf(samples, weights, mus, sigmas, low, high, q)
-    samples, weights, mus, sigmas = map(np.asarray, (samples, weights, mus, sigmas))
-    if samples.size == 0:
-        return np.zeros(samples.shape)
-    shape, samples = samples.shape, samples.flatten()
-    p_accept = (1 if low is None and high is None
-                else np.sum(weights * (normal_cdf(high, mus, sigmas) - normal_cdf(low, mus, sigmas))))
-    ubound = samples + q / 2 if high is None else np.minimum(samples + q / 2, np.exp(high))
-    lbound = samples - q / 2 if low is None else np.maximum(samples - q / 2, np.exp(low))
-    lbound = np.maximum(0, lbound)
-    prob = _quantized_mass(samples, weights, mus, sigmas, lbound, ubound, hyperopt_tpe.lognormal_cdf)
-    rval = np.log(prob) - np.log(p_accept)
-    rval.shape = shape
-    return rval
-
-
-_FAST = {"ap_split_trials": "tuning_ap_split_trials", "GMM1_lpdf": "tuning_GMM1_lpdf",
-         "LGMM1_lpdf": "tuning_LGMM1_lpdf"}
+# hyperopt's node name -> its twin's
+_FAST = {"ap_split_trials": tuning_ap_split_trials.__name__,
+         **{f.__name__: _fast_lpdf(f, log).__name__
+            for f, log in ((hyperopt_tpe.GMM1_lpdf, False), (hyperopt_tpe.LGMM1_lpdf, True))}}
