@@ -128,6 +128,7 @@ def test_report_html_can_load_plotly_js_from_the_cdn_or_a_url_instead_of_inlinin
     assert "plotly.js source must be 'inline', 'cdn' or the URL of a .js file, got 'offline'" in bad.output
 
 
+@pytest.mark.slow
 def test_a_report_of_thousands_of_trials_stays_readable_and_its_page_small(tmp_path):
     rng = np.random.default_rng(1)
     points = tuple(Point(n, f"{n:032x}", {"lr": f"{10 ** -x:.6g}", "act": str(rng.choice(["relu", "tanh"])),

@@ -58,7 +58,7 @@ def loadable(uri: str, run_id: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("where", ["sqlite", "server"])
+@pytest.mark.parametrize("where", ["sqlite", pytest.param("server", marks=pytest.mark.slow)])
 def test_only_the_best_trials_keep_their_model_and_a_registered_one_stays(
         where, write_recipe, store, mlflow_server, request):
     uri = store if where == "sqlite" else mlflow_server
@@ -94,6 +94,7 @@ def test_only_the_best_trials_keep_their_model_and_a_registered_one_stays(
     assert parent.data.tags["tuning.keep_models"] == "best:2"
 
 
+@pytest.mark.slow
 def test_a_resumed_study_keeps_n_models_counting_the_trials_before_it(write_recipe, store):
     recipe = write_recipe(IMPROVING, extra="INTERRUPT_AT = 4\n")
     with pytest.raises(KeyboardInterrupt):
