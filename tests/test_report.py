@@ -109,6 +109,7 @@ def test_importance_needs_a_few_trials_and_finds_what_matters():
     assert list(shares) == ["x", "act"] and shares["x"] > 0.9
 
 
+@pytest.mark.slow
 def test_report_html_can_load_plotly_js_from_the_cdn_or_a_url_instead_of_inlining_it(study, tmp_path,
                                                                                       monkeypatch):
     inline = (tuning.study_report("plots", study.tracking_uri, tmp_path / "inline").folder

@@ -156,6 +156,7 @@ def test_stop_rules():
         StopRules(accuracy, early_stop=0)
 
 
+@pytest.mark.slow
 def test_timeout_and_early_stop_end_a_real_study(write_recipe, store):
     recipe = write_recipe(GRID_MODEL)
     study = tuning.minimize(recipe, max_evals=4, timeout=0.001, tracking_uri=store, progress=False, seed=2)
