@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tuning.best import find_experiment, trial_runs
 from tuning.errors import ConfigurationError, NoTrialsError
@@ -142,25 +142,21 @@ def study_report(experiment: str, tracking_uri: str | None = None, out: str | Pa
     found = find_experiment(tracker, experiment)
     study_run = tracker.client.get_run(study) if study else _newest_study(tracker, found.experiment_id,
                                                                           experiment)
-    trials, failed = [], 0
+    finished, failed = [], 0
     for run in trial_runs(tracker, found.experiment_id, study_run.info.run_id):
         loss = run.data.metrics.get(LOSS_METRIC)
         if run.info.status != "FINISHED" or loss is None:
             failed += run.info.status == "FAILED"
             continue
-        trials.append((int(run.data.tags.get("tuning.trial", 0)), run, loss))
-    if not trials:
+        finished.append(_Finished(int(run.data.tags.get("tuning.trial", 0)), run.info.run_id,
+                                  dict(run.data.params), loss))
+    if not finished:
         raise NoTrialsError(f"study {study_run.info.run_id} of {experiment!r} has no finished trial")
-    objective = study_run.data.params.get("objective", LOSS_METRIC)
-    mode = study_run.data.params.get("mode", "min")
-    sign = -1.0 if mode == "max" else 1.0  # hyperopt minimises the negated objective when maximising
-    points = tuple(Point(number, run.info.run_id, dict(run.data.params), sign * loss, loss)
-                   for number, run, loss in sorted(trials, key=lambda t: t[0]))
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="tuning-report-"))
     folder.mkdir(parents=True, exist_ok=True)
-    report = Report(experiment, study_run.info.run_id, objective, mode, points, failed,
-                    importance(points), folder, (), _space(tracker, study_run.info.run_id))
-    return dataclasses.replace(report, files=tuple(_draw(report, plotly_source(plotly_js))))
+    return _drawn(experiment, study_run.info.run_id, study_run.data.params.get("objective", LOSS_METRIC),
+                  study_run.data.params.get("mode", "min"), finished, failed, folder,
+                  _space(tracker, study_run.info.run_id), plotly_js)
 
 
 def log_report(report: Report, tracking_uri: str | None = None) -> None:
@@ -173,23 +169,39 @@ def log_report(report: Report, tracking_uri: str | None = None) -> None:
 def attach_report(study: StudyResult) -> None:
     """Draw and log a study's report at its end, from the trials it holds (nothing is read
     back); never raises: the study is what matters."""
-    sign = -1.0 if study.objective.mode == "max" else 1.0
-    finished = sorted((t for t in study.trials if t.status is TrialStatus.OK and t.loss is not None),
-                      key=lambda t: t.number)
+    finished = [_Finished(t.number, t.run_id, {k: format_value(v) for k, v in t.params.items()}, t.loss)
+                for t in study.trials if t.status is TrialStatus.OK and t.loss is not None]
     if not finished:
         return  # every trial failed: nothing to draw, and the study already says why
-    points = tuple(Point(t.number, t.run_id, {k: format_value(v) for k, v in t.params.items()},
-                         sign * t.loss, t.loss) for t in finished)  # type: ignore[operator]
     failed = sum(t.status is TrialStatus.FAILED for t in study.trials)
     space = {name: {"distribution": d.describe(), "values": d.grid} for name, d in study.space.items()}
     try:
         with tempfile.TemporaryDirectory(prefix="tuning-report-") as folder:
-            report = Report(study.experiment, study.run_id, study.objective.metric, study.objective.mode,
-                            points, failed, importance(points), Path(folder), (), space)
-            report = dataclasses.replace(report, files=tuple(_draw(report, plotly_source())))
-            log_report(report, study.tracking_uri)
+            log_report(_drawn(study.experiment, study.run_id, study.objective.metric, study.objective.mode,
+                              finished, failed, Path(folder), space), study.tracking_uri)
     except Exception as error:  # noqa: BLE001 - a plotting failure must not fail a finished search
         logger.warning("could not draw the study report of run %s: %s", study.run_id, error)
+
+
+class _Finished(NamedTuple):
+    """A finished trial as both sources give it: params as MLflow stores them (strings)."""
+
+    number: int
+    run_id: str
+    params: dict[str, str]
+    loss: float
+
+
+def _drawn(experiment: str, study_run_id: str, objective: str, mode: str, finished: list[_Finished],
+           failed: int, folder: Path, space: dict[str, dict[str, Any]],
+           plotly_js: str | None = None) -> Report:
+    """The report of these finished trials, its files drawn into ``folder``."""
+    sign = -1.0 if mode == "max" else 1.0  # hyperopt minimises the negated objective when maximising
+    points = tuple(Point(t.number, t.run_id, t.params, sign * t.loss, t.loss)
+                   for t in sorted(finished, key=lambda t: t.number))
+    report = Report(experiment, study_run_id, objective, mode, points, failed, importance(points),
+                    folder, (), space)
+    return dataclasses.replace(report, files=tuple(_draw(report, plotly_source(plotly_js))))
 
 
 def plotly_source(choice: str | None = None) -> str | bool:

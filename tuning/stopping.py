@@ -40,10 +40,9 @@ class StopRules:
     reason: StopReason | None = None
     detail: str = ""
     _started: float = field(default_factory=time.monotonic)
-    # The best result so far and its place, kept as results arrive: a check costs the same
-    # at trial 10 and at trial 10,000.
+    # Where the best result so far is (-1: none yet), kept as results arrive: a check costs
+    # the same at trial 10 and at trial 10,000.
     _seen: int = 0
-    _best: TrialResult | None = None
     _best_at: int = -1
 
     def __post_init__(self) -> None:
@@ -58,15 +57,15 @@ class StopRules:
         for index in range(self._seen, len(results)):
             result = results[index]
             usable = result.status is TrialStatus.OK and result.loss is not None
-            if usable and (self._best is None or _rank(result) < _rank(self._best)):
-                self._best, self._best_at = result, index
+            if usable and (self._best_at < 0 or _rank(result) < _rank(results[self._best_at])):
+                self._best_at = index
         self._seen = len(results)
-        best = self._best
+        best = results[self._best_at] if self._best_at >= 0 else None
         if self.target is not None and best is not None and best.loss <= self.objective.loss(self.target):
             return self._stop(StopReason.TARGET, f"{self.objective.metric} reached {self.target:g} "
                                                  f"in trial {best.number}")
         if self.early_stop is not None:
-            since = len(results) - (self._best_at + 1 if best is not None else 0)
+            since = len(results) - (self._best_at + 1)  # all of them when none was usable
             if since >= self.early_stop:
                 return self._stop(StopReason.EARLY_STOP, f"{since} trials without a better "
                                                          f"{self.objective.metric}")
