@@ -36,8 +36,8 @@ import numpy as np
 from mlflow import MlflowClient
 
 import tuning
+from tuning.grid import grid_size
 from tuning.recipe import Recipe
-from tuning.study import grid_size
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "diabetes_regression.py"
 

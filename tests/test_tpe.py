@@ -10,8 +10,10 @@ from hyperopt import STATUS_FAIL, STATUS_OK, Trials, base, fmin, hp, space_eval,
 from hyperopt.pyll import scope
 
 from tuning.objective import Objective
-from tuning.study import StudyConfig, _search
+from tuning.settings import StudyConfig
+from tuning.study import _search
 from tuning.tpe import TPE
+from tuning.trial import TrialOptions
 
 # Every kind of marker a recipe can hold, a conditional branch among them.
 SPACE = {
@@ -82,7 +84,8 @@ def test_proposals_match_while_trials_run_and_after_documents_are_rewritten():
 
 @pytest.mark.parametrize("algo", ["tpe", tpe.suggest, functools.partial(tpe.suggest, n_startup_jobs=5)])
 def test_studies_use_it_for_hyperopt_tpe_with_its_settings(algo):
-    config = StudyConfig(experiment=None, max_evals=10, algo=algo, seed=1, objective=Objective.create())
+    config = StudyConfig(experiment=None, max_evals=10, algo=algo,
+                         trial=TrialOptions(Objective.create(), seed=1))
     suggest, _ = _search(None, {}, config)  # type: ignore[arg-type] (no recipe: no grid)
     assert isinstance(suggest, TPE)
     assert suggest.n_startup_jobs == (5 if isinstance(algo, functools.partial) else 20)

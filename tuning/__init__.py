@@ -35,9 +35,13 @@ if TYPE_CHECKING:
     from tuning.population import pbt
     from tuning.pruners import HyperbandPruner, MedianPruner, Pruner
     from tuning.report import Report, study_report
-    from tuning.study import StudyResult, minimize
+    from tuning.spark import Cluster
+    from tuning.stopping import StopRules
+    from tuning.study import minimize
+    from tuning.study_run import StudyResult
     from tuning.template import Template, assigned
-    from tuning.trial import TrialResult, TrialStatus
+    from tuning.trial import TrialOptions, TrialResult, TrialStatus
+    from tuning.worker import Limits
 
 _EXPORTS = {
     "best_runs": "tuning.best", "load_best": "tuning.best", "register_best": "tuning.best",
@@ -47,14 +51,16 @@ _EXPORTS = {
     "TuningError": "tuning.errors",
     "pbt": "tuning.population",
     "HyperbandPruner": "tuning.pruners", "MedianPruner": "tuning.pruners", "Pruner": "tuning.pruners",
-    "StudyResult": "tuning.study", "minimize": "tuning.study",
+    "Cluster": "tuning.spark", "StopRules": "tuning.stopping", "minimize": "tuning.study",
+    "StudyResult": "tuning.study_run", "Limits": "tuning.worker",
     "Template": "tuning.template", "assigned": "tuning.template",
-    "TrialResult": "tuning.trial", "TrialStatus": "tuning.trial",
+    "TrialOptions": "tuning.trial", "TrialResult": "tuning.trial", "TrialStatus": "tuning.trial",
 }
 __all__ = [
-    "ConfigurationError", "HyperbandPruner", "MedianPruner", "NoTrialsError", "Pruner", "RecipeError",
-    "Report", "StudyResult", "Template", "TemplateError", "TrackingError", "TrialResult", "TrialStatus",
-    "TuningError", "assigned", "best_runs", "load_best", "minimize", "pbt", "register_best", "study_report",
+    "Cluster", "ConfigurationError", "HyperbandPruner", "Limits", "MedianPruner", "NoTrialsError", "Pruner",
+    "RecipeError", "Report", "StopRules", "StudyResult", "Template", "TemplateError", "TrackingError",
+    "TrialOptions", "TrialResult", "TrialStatus", "TuningError", "assigned", "best_runs", "load_best",
+    "minimize", "pbt", "register_best", "study_report",
 ]
 
 

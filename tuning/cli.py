@@ -142,7 +142,7 @@ def main() -> None:
 @objective_option
 @mode_option
 @data_option
-@click.option("--max-epochs", type=click.IntRange(min=1), envvar="TUNING_MAX_EPOCHS",
+@click.option("--max-epochs", type=click.IntRange(min=1),
               help="Train every fit for at most N epochs (quick checks) [env: TUNING_MAX_EPOCHS].")
 @no_model_option
 @click.option("--keep-models", metavar="all|best:N|none",

@@ -29,7 +29,9 @@ from tuning.best import load_best
 from tuning.ensemble import VotingModel
 from tuning.errors import NoTrialsError
 from tuning.recipe import Recipe
-from tuning.study import StudyConfig, StudyResult, run_study
+from tuning.settings import StudyConfig
+from tuning.study import run_study
+from tuning.study_run import StudyResult
 from tuning.tracking import Tracker
 from tuning.trial import TrialResult
 
@@ -80,8 +82,7 @@ def _search(model: Callable[..., Any], data: Callable[..., Any], algo: Callable[
             rseed: int, verbose: bool, data_args: tuple[Any, ...] | None) -> tuple[Recipe, StudyResult]:
     recipe = Recipe.from_functions(model, data, functions)
     recipe.data_args = tuple(data_args or ())
-    config = StudyConfig.merge(recipe, {"max_evals": max_evals, "algo": algo, "seed": rseed,
-                                        "progress": verbose})
+    config = StudyConfig.merge(recipe, max_evals=max_evals, algo=algo, seed=rseed, progress=verbose)
     study = run_study(recipe, config, Tracker(None), trials)
     if study.best is None:
         failure = next((t.exception for t in study.trials if t.exception is not None), None)

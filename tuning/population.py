@@ -18,7 +18,6 @@ value where the user wrote it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -41,8 +40,9 @@ from tuning.mutation import MUTABLE, explore, is_real, mutable
 from tuning.patience import DEFAULT_PATIENCE
 from tuning.progress import RichReporter, SilentReporter
 from tuning.recipe import Recipe
+from tuning.settings import StudyConfig
 from tuning.stopping import StopReason
-from tuning.study import StudyConfig, StudyResult, _finish, start_study_run
+from tuning.study_run import StudyResult, StudyRun, start_study_run
 from tuning.template import assigned
 from tuning.tracking import LOSS_METRIC, STRATEGY_TAG, MetricSender, Tracker
 from tuning.trial import (
@@ -93,8 +93,8 @@ def pbt(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[], Any
         raise ConfigurationError(f"fraction must be in (0, 0.5]: the share that copies and the share "
                                  f"copied from; got {fraction}")
     recipe = Recipe.of(recipe, data)
-    config = StudyConfig.merge(recipe, dict(seed=seed, experiment=experiment, objective=objective,
-                                            mode=mode, log_model=log_model, progress=progress))
+    config = StudyConfig.merge(recipe, seed=seed, experiment=experiment, objective=objective, mode=mode,
+                               log_model=log_model, progress=progress)
     plan = _Plan(population, rounds, epochs_per_round, fraction)
     return _run(recipe, config, plan, Tracker(tracking_uri, patience))
 
@@ -124,7 +124,6 @@ def _run(recipe: Recipe, config: StudyConfig, plan: _Plan, tracker: Tracker) -> 
     starts, builds = _populate(recipe, data, distributions, plan.population, config.seed, rng)
     epochs = plan.epochs_per_round or _epochs_per_round(builds, plan.rounds)
     experiment_id, experiment = tracker.choose_experiment(config.experiment, recipe.name)
-    config = dataclasses.replace(config, experiment=experiment)
     study_run_id = start_study_run(
         tracker, experiment_id, recipe, distributions,
         {"population": plan.population, "rounds": plan.rounds, "epochs_per_round": epochs,
@@ -133,37 +132,34 @@ def _run(recipe: Recipe, config: StudyConfig, plan: _Plan, tracker: Tracker) -> 
     reporter: Reporter = (RichReporter(plan.population * plan.rounds, objective=config.objective)
                           if config.progress
                           else SilentReporter())
-    setup = TrialSetup(tracker, experiment_id, study_run_id, recipe, data, config.objective, reporter,
-                       seed=config.seed, log_model=config.log_model, quiet_fit=config.progress)
+    setup = TrialSetup(tracker, experiment_id, study_run_id, recipe, data, config.trial, reporter)
     members: list[_Member] = []
     events: list[dict[str, Any]] = []
-    status, reason = "FAILED", StopReason.ROUNDS_DONE
-    try:
-        members += [_Member.start(setup, number, values, build)
-                    for number, (values, build) in enumerate(zip(starts, builds, strict=True), 1)]
-        with reporter if isinstance(reporter, RichReporter) else nullcontext():
-            _train(members, events, plan, epochs, distributions, setup, rng)
-        for member in _alive(members):
-            member.guarded(member.finish, setup)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status, reason = "KILLED", StopReason.INTERRUPTED
-        raise
-    except TrackingError:
-        status = ""  # the store is away: nothing more can be written
-        raise
-    finally:
-        for member in _alive(members) if status in ("KILLED", "FAILED") else ():
-            member.kill()  # stopped with the study, by Ctrl-C or by an error of ours
-        result = StudyResult(tracker.uri, experiment_id, config.experiment, study_run_id, config.seed,
-                             tuple(m.result for m in members), distributions, reason,
-                             f"all {plan.rounds} rounds of {epochs} epochs ran; {len(events)} copies"
-                             if reason is StopReason.ROUNDS_DONE else "interrupted", config.objective)
+
+    def conclude(status: str) -> StudyResult:
+        if status in ("KILLED", "FAILED"):
+            for member in _alive(members):
+                member.kill()  # stopped with the study, by Ctrl-C or by an error of ours
         if status:
             tracker.log_json(study_run_id, events, "exploits.json")
-            _finish(tracker, result, status)
+        reason, detail = {"KILLED": (StopReason.INTERRUPTED, "interrupted"),
+                          "": (StopReason.TRACKING, "the tracking server stayed away")}.get(
+            status, (StopReason.ROUNDS_DONE, f"all {plan.rounds} rounds of {epochs} epochs ran; "
+                                             f"{len(events)} copies"))
+        return StudyResult(tracker.uri, experiment_id, experiment, study_run_id, config.seed,
+                           tuple(m.result for m in members), distributions, reason, detail, config.objective)
+
+    try:
+        with StudyRun(tracker, study_run_id, conclude) as study_run:
+            members += [_Member.start(setup, number, values, build)
+                        for number, (values, build) in enumerate(zip(starts, builds, strict=True), 1)]
+            with reporter if isinstance(reporter, RichReporter) else nullcontext():
+                _train(members, events, plan, epochs, distributions, setup, rng)
+            for member in _alive(members):
+                member.guarded(member.finish, setup)
+    finally:
         free_models()
-    return result
+    return study_run.result  # type: ignore[return-value]  # set as the block ends
 
 
 def _populate(recipe: Recipe, data: tuple[Any, ...], distributions: dict[str, Distribution],
@@ -298,7 +294,8 @@ class _Member:
             sender.send(metrics, step)
             setup.reporter.epoch_ended(number, step, metrics)
 
-        member = cls(number, run_id, dict(values), EpochLog(sink, quiet=setup.quiet_fit), sender, tracker)
+        log = EpochLog(sink, quiet=setup.options.quiet_fit)
+        member = cls(number, run_id, dict(values), log, sender, tracker)
         if isinstance(build, Exception):
             member.fail(build)
         else:
@@ -338,7 +335,8 @@ class _Member:
         with recording(self.log):  # epoch numbers go on from the last round's
             self.build.model.fit(**{**self.build.fit, "initial_epoch": round_ * epochs,
                                     "epochs": (round_ + 1) * epochs})
-        self.loss, self.metrics = measure(self.build.model, self.log.last, setup.objective, setup.test)
+        self.loss, self.metrics = measure(self.build.model, self.log.last, setup.options.objective,
+                                          setup.test)
         rounds = {f"round.{k}": v for k, v in {**self.log.last, **self.metrics}.items()}
         values = {f"hp.{k}": v for k, v in self.values.items() if is_real(v)}
         self.tracker.log(self.run_id, metrics={**rounds, **values}, step=round_)

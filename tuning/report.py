@@ -43,7 +43,7 @@ from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker, format_value
 from tuning.trial import TrialStatus
 
 if TYPE_CHECKING:
-    from tuning.study import StudyResult
+    from tuning.study_run import StudyResult
 
 REPORT_DIR = "report"  # the folder of the study run's artifacts that holds the plots
 MIN_TRIALS_FOR_IMPORTANCE = 4  # below this a forest explains noise, not hyperparameters

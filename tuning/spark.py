@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tuning import DISTRIBUTION, history
-from tuning.errors import TrackingError, TuningError
+from tuning.errors import ConfigurationError, TrackingError, TuningError
 from tuning.loop import ExecutorUnusable
 from tuning.progress import SilentReporter
 from tuning.pruners import Pruning
@@ -56,6 +56,10 @@ class Cluster:
     parallelism: int
     master: str | None = None
     threads_per_trial: int | None = None  # None: the cores shared out on a local master
+
+    def __post_init__(self) -> None:
+        if self.parallelism < 1:
+            raise ConfigurationError(f"parallelism must be at least 1, got {self.parallelism}")
 
     def threads(self) -> int | None:
         if self.threads_per_trial is not None or self.master is not None:
@@ -131,7 +135,8 @@ class SparkExecutor:
         self.spark = spark
         self.slots = parallelism
         self.setup = setup
-        self.spec = replace(TrialSpec.of(setup), quiet_fit=True)  # no Keras output in executor logs
+        spec = TrialSpec.of(setup)  # no Keras output in executor logs:
+        self.spec = replace(spec, options=replace(spec.options, quiet_fit=True))
         self.pruning = pruning  # pickled with each task: the curves known when it starts
         self._ended: queue.Queue[TrialResult] = queue.Queue()
 
@@ -207,7 +212,7 @@ def _trial_task(spec: TrialSpec, pruning: Pruning | None, number: int, params: d
         lost = history.end_orphans(setup.tracker, setup.experiment_id, setup.study_run_id,
                                    "its Spark executor was lost; Spark ran the trial again", "KILLED", number)
         retries += tuple((number, run_id) for run_id in lost[:1])
-    yield run_trial(replace(setup, pruning=pruning, retries=retries), number, params, raw).portable()
+    yield run_trial(replace(setup, retries=retries), number, params, raw, pruning).portable()
 
 
 _SETUPS: dict[TrialSpec, TrialSetup] = {}
@@ -219,6 +224,29 @@ def _setup(spec: TrialSpec) -> TrialSetup:
         _SETUPS.clear()  # another study: its data would only take memory
         _SETUPS[spec] = spec.setup(SilentReporter())
     return _SETUPS[spec]
+
+
+@contextmanager
+def executing(spark: Any, own: bool, setup: TrialSetup, parallelism: int,
+              pruning: Pruning | None) -> Iterator[SparkExecutor]:
+    """A :class:`SparkExecutor` for the study's trials. Ctrl-C and SIGTERM cancel its jobs;
+    when the study ends, the runs of tasks that were cancelled end too (unless the store is
+    away), and a session started by the study stops."""
+    store_away = False
+    try:
+        with cancelling_on_interrupt(spark):
+            yield SparkExecutor(spark, parallelism, setup, pruning)
+    except TrackingError:
+        store_away = True
+        raise
+    finally:
+        try:
+            if not store_away:  # cancelled Spark tasks leave their runs RUNNING
+                history.end_orphans(setup.tracker, setup.experiment_id, setup.study_run_id,
+                                    "stopped with the study")
+        finally:
+            if own:
+                spark.stop()
 
 
 @contextmanager

@@ -31,19 +31,23 @@ class StopReason(enum.StrEnum):
 
 @dataclass
 class StopRules:
-    """The user's study limits; ``check`` answers after every trial."""
+    """The user's study limits; ``check`` answers after every trial.
 
-    objective: Objective
+    A study runs with its own copy, its objective set (``minimize(stop=StopRules(timeout=600))``);
+    the clock starts when the copy is made.
+    """
+
+    objective: Objective = Objective()
     timeout: float | None = None
     early_stop: int | None = None
     target: float | None = None
-    reason: StopReason | None = None
-    detail: str = ""
-    _started: float = field(default_factory=time.monotonic)
+    reason: StopReason | None = field(default=None, init=False)
+    detail: str = field(default="", init=False)
+    _started: float = field(default_factory=time.monotonic, init=False)
     # Where the best result so far is (-1: none yet), kept as results arrive: a check costs
     # the same at trial 10 and at trial 10,000.
-    _seen: int = 0
-    _best_at: int = -1
+    _seen: int = field(default=0, init=False)
+    _best_at: int = field(default=-1, init=False)
 
     def __post_init__(self) -> None:
         if self.timeout is not None and self.timeout <= 0:

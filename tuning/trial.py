@@ -89,6 +89,18 @@ class Reporter(Protocol):
     def trial_ended(self, result: TrialResult) -> None: ...
 
 
+@dataclass(frozen=True)
+class TrialOptions:
+    """How every trial of a study runs. One object: the study hands it as it is to each
+    trial, to a worker process and to a Spark task."""
+
+    objective: Objective = Objective()
+    seed: int | None = None  # trial N seeds Keras with seed + N
+    log_model: bool = True
+    quiet_fit: bool = False  # Keras' own per-epoch output off (a progress bar shows instead)
+    max_epochs: int | None = None  # every fit trains at most this many epochs (quick runs)
+
+
 @dataclass
 class TrialSetup:
     """Everything that is the same for every trial of a study."""
@@ -98,13 +110,8 @@ class TrialSetup:
     study_run_id: str
     recipe: Recipe
     data: tuple[Any, ...]
-    objective: Objective
+    options: TrialOptions
     reporter: Reporter
-    seed: int | None = None
-    log_model: bool = True
-    quiet_fit: bool = False
-    max_epochs: int | None = None
-    pruning: Pruning | None = None
     retries: tuple[tuple[int, str], ...] = ()  # (trial number, run id of the interrupted trial it reruns)
     test: tuple[Any, Any] | None = field(init=False)
 
@@ -140,9 +147,11 @@ class TrialPruned(Exception):  # noqa: N818 - named as Optuna names it
         self.loss = loss
 
 
-def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[str, Any]) -> TrialResult:
-    """Run ``model(*data)`` with ``params`` as one MLflow child run of the study."""
-    tracker = setup.tracker
+def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[str, Any],
+              pruning: Pruning | None = None) -> TrialResult:
+    """Run ``model(*data)`` with ``params`` as one MLflow child run of the study; ``pruning``
+    (the study's pruner and the curves known as the trial starts) may stop it between epochs."""
+    tracker, options = setup.tracker, setup.options
     retried = dict(setup.retries).get(number)
     run_id = tracker.start_run(setup.experiment_id, f"trial-{number}", "trial", setup.study_run_id,
                                tags={"tuning.trial": str(number),
@@ -157,17 +166,17 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
     def sink(step: int, metrics: dict[str, float]) -> None:
         sender.send(metrics, step)
         setup.reporter.epoch_ended(number, step, metrics)
-        loss = setup.objective.epoch_loss(metrics)
+        loss = options.objective.epoch_loss(metrics)
         if loss is not None:
             curve.append(loss)
-            if setup.pruning and setup.pruning.should_prune(number, tuple(curve), log.planned_epochs):
+            if pruning and pruning.should_prune(number, tuple(curve), log.planned_epochs):
                 raise TrialPruned(step, loss)
 
-    log = EpochLog(sink, quiet=setup.quiet_fit, max_epochs=setup.max_epochs)
+    log = EpochLog(sink, quiet=options.quiet_fit, max_epochs=options.max_epochs)
     started = time.perf_counter()
     try:
-        if setup.seed is not None:
-            keras.utils.set_random_seed((setup.seed + number) % 2**32)
+        if options.seed is not None:
+            keras.utils.set_random_seed((options.seed + number) % 2**32)
         with recording(log), assigned(params), fluent_run(run_id, tracker.uri) as user:
             returned = setup.recipe.model(*setup.data)
         model, loss, metrics, extra = _outcome(returned, log, setup)
@@ -218,7 +227,7 @@ def end_finished(setup: TrialSetup, run_id: str, sender: MetricSender, model: An
     tracker = setup.tracker
     tracker.log(run_id, metrics=metrics, step=steps, tags=tags)
     logged = user_model is not None and tracker.logged_model_name(user_model) == "model"
-    if setup.log_model and model is not None and not logged:
+    if setup.options.log_model and model is not None and not logged:
         try:
             tracker.log_keras_model(setup.experiment_id, run_id, model, _sample(setup.test), params)
             logged = True
@@ -284,7 +293,7 @@ def _outcome(returned: Any, log: EpochLog, setup: TrialSetup
     extra = ({k: v for k, v in returned.items() if k not in ("loss", "status", "model")}
              if isinstance(returned, dict) else {})
     if given_loss is None:
-        return model, *measure(model, log.last, setup.objective, setup.test), extra
+        return model, *measure(model, log.last, setup.options.objective, setup.test), extra
     return model, _finite(float(given_loss)), {}, extra
 
 

@@ -24,8 +24,9 @@ from typing import Any
 import psutil
 
 from tuning.errors import RecipeError
+from tuning.pruners import Pruning
 from tuning.tracking import INTERRUPTED_TAG
-from tuning.trial import Objective, Reporter, TrialResult, TrialSetup, TrialStatus, run_trial, settle
+from tuning.trial import Reporter, TrialOptions, TrialResult, TrialSetup, TrialStatus, run_trial, settle
 
 _POLL = 0.2  # seconds between checks of a running trial
 
@@ -74,11 +75,7 @@ class TrialSpec:
     patience: float
     experiment_id: str
     study_run_id: str
-    objective: Objective
-    seed: int | None
-    log_model: bool
-    quiet_fit: bool
-    max_epochs: int | None
+    options: TrialOptions
     retries: tuple[tuple[int, str], ...] = ()
 
     @classmethod
@@ -86,8 +83,7 @@ class TrialSpec:
         recipe = setup.recipe
         return cls(recipe.template.filename, recipe.file_source(), recipe.data_path, setup.tracker.uri,
                    setup.tracker.patience.seconds, setup.experiment_id, setup.study_run_id,
-                   setup.objective, setup.seed, setup.log_model, setup.quiet_fit, setup.max_epochs,
-                   setup.retries)
+                   setup.options, setup.retries)
 
     def setup(self, reporter: Reporter) -> TrialSetup:
         """Load the recipe and its data in this process: the study's TrialSetup again."""
@@ -99,9 +95,8 @@ class TrialSpec:
         if self.data_path:
             recipe.use_data_file(self.data_path)
         setup = TrialSetup(Tracker(self.tracking_uri, self.patience), self.experiment_id,
-                           self.study_run_id, recipe, recipe.load_data(), self.objective, reporter,
-                           seed=self.seed, log_model=self.log_model, quiet_fit=self.quiet_fit,
-                           max_epochs=self.max_epochs, retries=self.retries)
+                           self.study_run_id, recipe, recipe.load_data(), self.options, reporter,
+                           retries=self.retries)
         settle()  # this process lives for its trials
         return setup
 
@@ -109,8 +104,9 @@ class TrialSpec:
 class IsolatedRunner:
     """Runs trials one at a time in a watched worker process."""
 
-    def __init__(self, setup: TrialSetup, limits: Limits):
+    def __init__(self, setup: TrialSetup, limits: Limits, pruning: Pruning | None = None):
         self._setup = setup
+        self._pruning = pruning  # sent with each trial: the curves known when it starts
         self._spec = TrialSpec.of(setup)
         self._limits = limits
         self._context = multiprocessing.get_context("spawn")  # forking TensorFlow is unsafe
@@ -122,8 +118,7 @@ class IsolatedRunner:
         if self._process is None or self._trials_in_worker >= self._limits.worker_trials:
             self.close()
             self._start()
-        # The study's pruner state goes along: it knows every trial's curve so far.
-        self._connection.send(("trial", number, params, raw, self._setup.pruning))
+        self._connection.send(("trial", number, params, raw, self._pruning))
         self._trials_in_worker += 1
         started, run_id = time.monotonic(), None
         try:
@@ -207,5 +202,5 @@ def _serve(connection: multiprocessing.connection.Connection, spec: TrialSpec) -
         return
     connection.send(("ready",))
     while (job := connection.recv()) is not None:
-        _, number, params, raw, setup.pruning = job
-        connection.send(("ended", run_trial(setup, number, params, raw).portable()))
+        _, number, params, raw, pruning = job
+        connection.send(("ended", run_trial(setup, number, params, raw, pruning).portable()))
