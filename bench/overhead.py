@@ -424,7 +424,7 @@ def run_optuna(job: Job, recipe: Any, data: tuple[Any, ...], clock: Clock) -> li
     import optuna
     from optuna_integration.mlflow import MLflowCallback
 
-    from tuning.tracking import keras_requirements
+    from tuning.signature import keras_requirements
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     clock.wrap(mlflow.keras, "save_model", "save_model")

@@ -166,6 +166,42 @@ def test_timeout_and_early_stop_end_a_real_study(write_recipe, store):
     assert "--timeout 0.001" in run.data.tags["tuning.stop_detail"]
 
 
+def test_settings_given_as_objects_run_the_study_as_the_flat_keywords_do(write_recipe, store):
+    recipe = write_recipe(GRID_MODEL)
+    rules = tuning.StopRules(target=0.0)  # any accuracy reaches it: the first trial stops the study
+    study = tuning.minimize(recipe, algo="grid", stop=rules, prune=MedianPruner(startup_trials=9),
+                            tracking_uri=store, progress=False, seed=2, max_epochs=1)
+    assert study.stop_reason is StopReason.TARGET and len(study.trials) == 1
+    assert rules.reason is None  # the study ran with its own copy: the object can be reused
+    client, (run,), trials = runs(store)
+    assert run.data.tags["tuning.stop_reason"] == "target"
+    assert run.data.tags["tuning.pruner"].startswith("MedianPruner(startup_trials=9")
+    assert run.data.tags["tuning.max_epochs"] == "1" and len(trials) == len(study.trials)
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    (dict(stop=StopRules(early_stop=2), early_stop=3), "stop= and early_stop= say the same thing twice"),
+    (dict(limits=tuning.Limits(seconds=5), trial_timeout=9), "limits= and seconds= say the same thing"),
+    (dict(cluster=tuning.Cluster(2), parallelism=2), "cluster= and parallelism= say the same thing"),
+    (dict(limits=tuning.Limits(seconds=5), cluster=tuning.Cluster(2)), "does not combine"),
+    (dict(parallelism=0), "parallelism must be at least 1"),
+    (dict(max_epochs=0), "max_epochs must be a whole number of epochs, at least 1"),
+])
+def test_settings_given_twice_or_wrong_are_refused_before_any_run(write_recipe, store, given, message):
+    with pytest.raises(tuning.ConfigurationError, match=message):
+        tuning.minimize(write_recipe(GRID_MODEL), tracking_uri=store, **given)
+    assert not MlflowClient(store).search_experiments(filter_string="name != 'Default'")
+
+
+def test_a_bad_max_epochs_variable_is_named(write_recipe, store, monkeypatch):
+    monkeypatch.setenv("TUNING_MAX_EPOCHS", "two")
+    done = subprocess.run([TUNING, "run", str(write_recipe(GRID_MODEL)), "--tracking-uri", store],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "TUNING_MAX_EPOCHS must be a whole number of epochs, at least 1; got 'two'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def past(*curves: tuple[float, ...], complete: bool = True) -> dict[int, PastTrial]:
     return {n: PastTrial(c, complete) for n, c in enumerate(curves, start=1)}
 
@@ -178,6 +214,19 @@ def test_the_pruners_are_reached_as_the_readme_writes_them_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "3"]
+
+
+def test_every_public_name_resolves_in_a_fresh_process():
+    code = ("import importlib, tuning\n"
+            "missing = [n for n in tuning.__all__ if not hasattr(tuning, n)]\n"
+            "for name in ('pruners', 'stopping', 'trial', 'worker', 'spark', 'best', 'report', 'population',\n"
+            "             'template', 'errors', 'retention', 'settings', 'study_run', 'study', 'optim'):\n"
+            "    module = importlib.import_module('tuning.' + name)\n"
+            "    missing += [f'{name}.{n}' for n in module.__all__ if not hasattr(module, n)]\n"
+            "print(len(tuning.__all__), missing)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(maxsplit=1)[1].strip() == "[]" and int(done.stdout.split()[0]) >= 25
 
 
 def test_median_pruner_compares_the_best_so_far_with_the_median_at_that_epoch():

@@ -10,6 +10,11 @@ Example::
 
 Names are imported on first use, so that ``import tuning`` (and the ``tuning`` command)
 does not import Keras before the backend is chosen.
+
+The public surface is ``tuning.__all__`` and the ``__all__`` of the modules users reach into
+(``tuning.pruners``, ``tuning.stopping``, ``tuning.best``, ``tuning.report``,
+``tuning.settings`` …). Everything else, and every module without ``__all__`` (``loop``,
+``history``, ``lease``, ``tracking`` …), is this package's own and may change.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,11 @@ from tuning.recipe import own_objects, run_file
 from tuning.template import Template
 from tuning.tracking import KIND_TAG, LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker
 
+__all__ = [  # the rest is this package's own
+    "CHAMPION", "best_runs", "load_best", "model_uri", "objectives", "register_best",
+]
+
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_PAGE = 1000
 CHAMPION = "champion"  # the alias ``--register`` moves to the newest best model
 
 
@@ -39,11 +42,11 @@ def best_runs(experiment: str, top: int = 1, tracking_uri: str | None = None,
     query = f"tags.`{KIND_TAG}` = 'trial' and attributes.status = 'FINISHED'"
     if study_run_id:
         query += f" and tags.`mlflow.parentRunId` = '{study_run_id}'"
-    runs = tracker.client.search_runs([found.experiment_id], query, max_results=top,  # a tie: the earlier
-                                      order_by=[f"metrics.{LOSS_METRIC} ASC", "attributes.start_time ASC"])
+    runs = list(tracker.runs(found.experiment_id, query, limit=top,  # a tie: the earlier
+                             order_by=[f"metrics.{LOSS_METRIC} ASC", "attributes.start_time ASC"]))
     if not runs:
         raise NoTrialsError(f"experiment {experiment!r} has no finished trial yet")
-    return list(runs)
+    return runs
 
 
 def objectives(runs: list[Run], tracking_uri: str | None = None) -> dict[str, Objective]:
@@ -52,38 +55,23 @@ def objectives(runs: list[Run], tracking_uri: str | None = None) -> dict[str, Ob
     ``best_runs`` sorts by hyperopt's loss; this says what that loss means to a person
     (a trial of population based training or a search alike).
     """
-    client = Tracker(tracking_uri).client
+    tracker = Tracker(tracking_uri)
     studies: dict[str, Objective] = {}
-    for parent in {run.data.tags.get(MLFLOW_PARENT_RUN_ID) for run in runs} - {None}:
-        params = client.get_run(parent).data.params
-        studies[parent] = Objective.create(params.get("objective"), params.get("mode"))  # type: ignore[index]
-    return {run.info.run_id: studies.get(run.data.tags.get(MLFLOW_PARENT_RUN_ID), Objective())
+    for parent in {run.data.tags.get(MLFLOW_PARENT_RUN_ID, "") for run in runs} - {""}:
+        params = tracker.run(parent).data.params
+        studies[parent] = Objective.create(params.get("objective"), params.get("mode"))
+    return {run.info.run_id: studies.get(run.data.tags.get(MLFLOW_PARENT_RUN_ID, ""), Objective())
             for run in runs}
 
 
 def find_experiment(tracker: Tracker, name: str) -> Experiment:
     """Experiment ``name``, or an error listing the experiments the store has."""
-    found = tracker.client.get_experiment_by_name(name)
+    found = tracker.experiment(name)
     if found is None:
-        names = [e.name for e in tracker.client.search_experiments()]
+        names = tracker.experiment_names()
         raise NoTrialsError(f"no experiment {name!r} in {tracker.uri} "
                             f"(experiments: {', '.join(names) or 'none'})")
     return found
-
-
-def trial_runs(tracker: Tracker, experiment_id: str, study_run_id: str,
-               condition: str | None = None) -> Iterator[Run]:
-    """Every trial run of a study (that meets the search ``condition``), page by page."""
-    query = f"tags.`{KIND_TAG}` = 'trial' and tags.`mlflow.parentRunId` = '{study_run_id}'"
-    if condition:
-        query += f" and {condition}"
-    token = None
-    while True:
-        page = tracker.client.search_runs([experiment_id], query, max_results=_PAGE, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
 
 
 def model_uri(which: str, tracking_uri: str | None = None) -> str:
@@ -92,7 +80,7 @@ def model_uri(which: str, tracking_uri: str | None = None) -> str:
         return which
     if _RUN_ID.match(which):
         try:
-            Tracker(tracking_uri).client.get_run(which)
+            Tracker(tracking_uri).run(which)
             return f"runs:/{which}/model"
         except MlflowException:
             pass  # not a run id after all: try it as an experiment name
@@ -117,27 +105,12 @@ def register_best(experiment: str, name: str, tracking_uri: str | None = None,
     if not outputs:
         raise NoTrialsError(f"the best trial of {experiment!r} (run {run.info.run_id}) has no "
                             "logged model: it was run with --no-model")
-    model_id = outputs[-1].model_id
-    client = tracker.client
+    tags = {"tuning.experiment": experiment, LOSS_METRIC: str(run.data.metrics[LOSS_METRIC])}
     try:
-        _create_registered_model(client, name)
-        with using_uri(tracker.uri):  # the registry resolves the models:/ source through it
-            version = client.create_model_version(
-                name, f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id,
-                tags={"tuning.experiment": experiment, LOSS_METRIC: str(run.data.metrics[LOSS_METRIC])})
-        client.set_registered_model_alias(name, alias, version.version)
+        return tracker.register(name, outputs[-1].model_id, run.info.run_id, tags, alias)
     except MlflowException as error:
         raise TrackingError(f"cannot register the model of run {run.info.run_id} as {name!r}: "
                             f"{error.message}") from None
-    return client.get_model_version(name, version.version)
-
-
-def _create_registered_model(client: Any, name: str) -> None:
-    try:
-        client.create_registered_model(name)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise  # else it exists already and gets one more version
 
 
 def load_best(which: str, tracking_uri: str | None = None,
@@ -175,25 +148,12 @@ def load_best(which: str, tracking_uri: str | None = None,
 
 def _recipe_objects(tracker: Tracker, uri: str) -> dict[str, Any]:
     """The functions and classes of the recipe file that the model's study recorded."""
-    client = tracker.client
     try:
-        run = client.get_run(_source_run(client, uri))
-        study = client.get_run(run.data.tags[MLFLOW_PARENT_RUN_ID]).data.tags
+        run = tracker.run(tracker.model_source_run(uri))
+        study = tracker.run(run.data.tags[MLFLOW_PARENT_RUN_ID]).data.tags
         path, function = study["tuning.recipe"], study[SOURCE_FUNCTION_TAG]
     except (MlflowException, KeyError):
         return {}
     if not Path(path).is_file():
         return {}
     return own_objects(run_file(Template.from_file(path, function)))
-
-
-def _source_run(client: Any, uri: str) -> str:
-    """The run that logged the model at ``runs:/…`` or ``models:/…``."""
-    if uri.startswith("runs:/"):
-        return uri.removeprefix("runs:/").split("/", 1)[0]
-    name = uri.removeprefix("models:/")
-    if "@" in name:
-        return client.get_model_version_by_alias(*name.split("@", 1)).run_id
-    if "/" in name:
-        return client.get_model_version(*name.split("/", 1)).run_id
-    return client.get_logged_model(name).source_run_id

@@ -7,6 +7,11 @@ one trial (its run ends FAILED with the traceback attached) and the search goes 
 
 from __future__ import annotations
 
+__all__ = [  # the rest is this package's own
+    "ConfigurationError", "NoTrialsError", "RecipeError", "StoreError", "StudyBusyError",
+    "TemplateError", "TrackingError", "TuningError",
+]
+
 
 class TuningError(Exception):
     """Root of every error this package raises on purpose."""

@@ -71,7 +71,7 @@ def using_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None: back to the default
         if variable is not None:
             os.environ["MLFLOW_TRACKING_URI"] = variable
 

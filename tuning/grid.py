@@ -78,7 +78,7 @@ class Grid:
 def grid_size(distributions: dict[str, Distribution]) -> int | None:
     """How many combinations the space has, or None when a parameter is continuous."""
     values = [d.grid for d in distributions.values()]
-    return None if None in values else math.prod(map(len, values))
+    return None if None in values else math.prod(len(v) for v in values if v is not None)
 
 
 def _values(template: Template, name: str, distribution: Distribution) -> list[Any]:

@@ -16,7 +16,6 @@ from hyperopt import Trials, base
 from hyperopt.fmin import generate_trial
 from mlflow.entities import Run
 
-from tuning.best import trial_runs
 from tuning.tracking import (
     INTERRUPTED_TAG,
     KIND_TAG,
@@ -36,8 +35,7 @@ def unfinished_study(tracker: Tracker, experiment_id: str, recipe: str) -> Run |
     """The newest hyperopt study run of ``recipe`` in the experiment that did not finish."""
     query = (f"tags.`{KIND_TAG}` = 'study' and tags.`tuning.recipe` = '{_quoted(recipe)}' "
              "and attributes.status != 'FINISHED'")
-    found = tracker.client.search_runs([experiment_id], query, max_results=20,
-                                       order_by=["attributes.start_time DESC"])
+    found = tracker.runs(experiment_id, query, limit=20, order_by=["attributes.start_time DESC"])
     # A population based training study has no hyperopt trials to continue.
     return next((run for run in found if run.data.tags.get(STRATEGY_TAG) != "pbt"), None)
 
@@ -59,7 +57,7 @@ def rebuild(tracker: Tracker, experiment_id: str, study_run_id: str, trials: Tri
     A run still RUNNING belongs to a process that died (kill -9, power cut): it ends
     KILLED and counts as interrupted.
     """
-    runs = list(trial_runs(tracker, experiment_id, study_run_id))
+    runs = list(tracker.trial_runs(experiment_id, study_run_id))
     rerun = {run.data.tags.get(RETRY_TAG) for run in runs}
     results, docs, interrupted = [], [], []
     for run in runs:
@@ -94,7 +92,7 @@ def end_orphans(tracker: Tracker, experiment_id: str, study_run_id: str, reason:
     condition = "attributes.status = 'RUNNING'"
     if number is not None:
         condition += f" and tags.`tuning.trial` = '{number}'"
-    runs = list(trial_runs(tracker, experiment_id, study_run_id, condition))
+    runs = list(tracker.trial_runs(experiment_id, study_run_id, condition))
     for run in runs:
         _end(tracker, run, reason, status)
     return [run.info.run_id for run in runs]

@@ -56,7 +56,7 @@ class Lease:
         lease = cls(tracker, run.info.run_id)
         tracker.log(run.info.run_id, tags=lease.tags)
         time.sleep(_SETTLE)  # another --resume that read the old lease has written its own by now
-        current = tracker.client.get_run(run.info.run_id).data.tags.get(LEASE_TAG)
+        current = tracker.run(run.info.run_id).data.tags.get(LEASE_TAG)
         if current != lease.tags[LEASE_TAG]:
             raise StudyBusyError(f"study {run.info.run_id} was just resumed by another process "
                                  f"({json.loads(current or '{}').get('pid')}): let that one run")
@@ -74,10 +74,7 @@ class Lease:
 
     def _beat(self) -> None:
         while not self._stop.wait(INTERVAL):
-            try:
-                self._tracker.client.set_tag(self._run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
-            except Exception:  # noqa: BLE001 - a store away now is the trials' to report
-                continue
+            self._tracker.try_tag(self._run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
 
 
 def _live_holder(run: Run) -> dict[str, Any] | None:

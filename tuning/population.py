@@ -56,6 +56,8 @@ from tuning.trial import (
     measure,
 )
 
+__all__ = ["pbt"]  # the rest is this package's own
+
 
 def pbt(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[], Any] | None = None,
         *, population: int = 8, rounds: int = 5, epochs_per_round: int | None = None,

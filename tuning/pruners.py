@@ -31,9 +31,11 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from mlflow import MlflowClient
-
 from tuning.errors import ConfigurationError
+
+__all__ = [  # the rest is this package's own
+    "Pruner", "MedianPruner", "HyperbandPruner", "PastTrial", "Curve",
+]
 
 Curve = tuple[float, ...]  # one loss per epoch, lower is better
 
@@ -150,16 +152,7 @@ class Pruning:
         if curve:
             self.past[number] = PastTrial(curve, complete)
 
-    def load(self, client: MlflowClient, trials: Iterable[tuple[int, str, bool]],
-             keys: tuple[str, ...], sign: float) -> None:
-        """Read the curves of earlier trials (number, run id, complete) from the server.
-
-        ``keys`` are the metric names the curve may have been measured on, in order of
-        preference; ``sign`` turns the metric into a loss (-1 for a maximised one).
-        """
-        for number, run_id, complete in trials:
-            for key in keys:
-                history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-                if history:
-                    self.record(number, tuple(sign * m.value for m in history), complete)
-                    break
+    def load(self, trials: Iterable[tuple[int, Curve, bool]]) -> None:
+        """The curves of earlier trials: (number, curve, complete) each."""
+        for number, curve, complete in trials:
+            self.record(number, curve, complete)

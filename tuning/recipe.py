@@ -256,7 +256,7 @@ def _call_keeping_locals(function: Callable[..., Any], args: tuple[Any, ...]
         sys.setprofile(previous)
 
 
-def _execute(template: Template, namespace: Mapping[str, Any]) -> None:
+def _execute(template: Template, namespace: dict[str, Any]) -> None:
     try:
         exec(template.compile(), namespace)  # noqa: S102 - the user's own recipe
     except Exception as error:

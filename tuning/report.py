@@ -36,11 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from tuning.best import find_experiment, trial_runs
+from tuning.best import find_experiment
 from tuning.errors import ConfigurationError, NoTrialsError
-from tuning.fluent import quiet_downloads
 from tuning.tracking import KIND_TAG, LOSS_METRIC, Tracker, format_value
 from tuning.trial import TrialStatus
+
+__all__ = [  # the rest is this package's own
+    "Point", "Report", "attach_report", "log_report", "plotly_source", "study_report",
+]
 
 if TYPE_CHECKING:
     from tuning.study_run import StudyResult
@@ -140,10 +143,9 @@ def study_report(experiment: str, tracking_uri: str | None = None, out: str | Pa
     """
     tracker = Tracker(tracking_uri)
     found = find_experiment(tracker, experiment)
-    study_run = tracker.client.get_run(study) if study else _newest_study(tracker, found.experiment_id,
-                                                                          experiment)
+    study_run = tracker.run(study) if study else _newest_study(tracker, found.experiment_id, experiment)
     finished, failed = [], 0
-    for run in trial_runs(tracker, found.experiment_id, study_run.info.run_id):
+    for run in tracker.trial_runs(found.experiment_id, study_run.info.run_id):
         loss = run.data.metrics.get(LOSS_METRIC)
         if run.info.status != "FINISHED" or loss is None:
             failed += run.info.status == "FAILED"
@@ -161,9 +163,9 @@ def study_report(experiment: str, tracking_uri: str | None = None, out: str | Pa
 
 def log_report(report: Report, tracking_uri: str | None = None) -> None:
     """Attach the report's files to its study run, under ``report/``."""
-    client = Tracker(tracking_uri).client
+    tracker = Tracker(tracking_uri)
     for path in report.files:
-        client.log_artifact(report.study_run_id, str(path), REPORT_DIR)
+        tracker.log_file(report.study_run_id, str(path), REPORT_DIR)
 
 
 def attach_report(study: StudyResult) -> None:
@@ -246,19 +248,18 @@ def importance(trials: Sequence[Point]) -> dict[str, float]:
 def _space(tracker: Tracker, study_run_id: str) -> dict[str, dict[str, Any]]:
     """The study's ``space.json``: each marker's distribution and values."""
     try:
-        with tempfile.TemporaryDirectory() as folder, quiet_downloads():
-            return json.loads(Path(tracker.client.download_artifacts(study_run_id, "space.json",
-                                                                     folder)).read_text())
+        with tempfile.TemporaryDirectory() as folder:
+            return json.loads(Path(tracker.download(study_run_id, "space.json", folder)).read_text())
     except Exception:  # noqa: BLE001 - a study without it: the values guide the axes
         return {}
 
 
 def _newest_study(tracker: Tracker, experiment_id: str, experiment: str) -> Any:
-    found = tracker.client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'study'", max_results=1,
-                                       order_by=["attributes.start_time DESC"])
-    if not found:
+    found = next(tracker.runs(experiment_id, f"tags.`{KIND_TAG}` = 'study'", limit=1,
+                              order_by=["attributes.start_time DESC"]), None)
+    if found is None:
         raise NoTrialsError(f"experiment {experiment!r} has no study run")
-    return found[0]
+    return found
 
 
 def _numbers(values: Sequence[str | None]) -> list[float] | None:

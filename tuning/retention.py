@@ -26,6 +26,8 @@ from tuning.errors import ConfigurationError, TrackingError
 from tuning.tracking import MODEL_DELETED_TAG, Tracker
 from tuning.trial import TrialResult, TrialStatus
 
+__all__ = ["KeepModels"]  # the rest is this package's own
+
 _log = logging.getLogger("tuning")
 
 

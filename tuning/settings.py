@@ -38,6 +38,8 @@ from tuning.stopping import StopRules
 from tuning.trial import TrialOptions
 from tuning.worker import Limits
 
+__all__ = ["StudyConfig"]  # the rest is this package's own
+
 ALGORITHMS: dict[str, Callable[..., Any]] = {"tpe": tpe.suggest, "rand": rand.suggest,
                                              "anneal": anneal.suggest}
 GRID = "grid"  # not a hyperopt algorithm: its points depend on the space (tuning.grid)

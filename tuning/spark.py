@@ -40,6 +40,8 @@ from tuning.pruners import Pruning
 from tuning.trial import TrialResult, TrialSetup, TrialStatus, run_trial
 from tuning.worker import TrialSpec
 
+__all__ = ["Cluster"]  # the rest is this package's own
+
 _LEAN_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 EXECUTOR_SETUP_FAILED = "the recipe could not be loaded on the Spark executor at"
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
@@ -206,7 +208,8 @@ def _trial_task(spec: TrialSpec, pruning: Pruning | None, number: int, params: d
                           error=f"{EXECUTOR_SETUP_FAILED} {socket.gethostname()}: {error}")
         return
     retries = setup.retries
-    if TaskContext.get().attemptNumber() > 0:
+    task = TaskContext.get()  # always set inside a Spark task
+    if task is not None and task.attemptNumber() > 0:
         # Spark runs the task again after its executor was lost: the run it left behind is
         # interrupted, and this one reruns it (so --resume does not run it a third time).
         lost = history.end_orphans(setup.tracker, setup.experiment_id, setup.study_run_id,

@@ -10,12 +10,15 @@ kept on the study run as the ``tuning.stop_reason`` tag (and ``tuning.stop_detai
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tuning.errors import ConfigurationError
 from tuning.trial import Objective, TrialResult, TrialStatus
+
+__all__ = ["StopReason", "StopRules"]  # the rest is this package's own
 
 
 class StopReason(enum.StrEnum):
@@ -65,7 +68,8 @@ class StopRules:
                 self._best_at = index
         self._seen = len(results)
         best = results[self._best_at] if self._best_at >= 0 else None
-        if self.target is not None and best is not None and best.loss <= self.objective.loss(self.target):
+        best_loss = best.loss if best is not None and best.loss is not None else math.inf
+        if best is not None and self.target is not None and best_loss <= self.objective.loss(self.target):
             return self._stop(StopReason.TARGET, f"{self.objective.metric} reached {self.target:g} "
                                                  f"in trial {best.number}")
         if self.early_stop is not None:

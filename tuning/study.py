@@ -24,9 +24,10 @@ from tuning.distributions import Distribution
 from tuning.errors import ConfigurationError, TemplateError
 from tuning.grid import Grid
 from tuning.loop import Executor, InProcess, run_trials
+from tuning.objective import Objective
 from tuning.patience import DEFAULT_PATIENCE
 from tuning.progress import RichReporter, SilentReporter
-from tuning.pruners import Pruner, Pruning
+from tuning.pruners import Curve, Pruner, Pruning
 from tuning.recipe import Recipe
 from tuning.retention import KeepModels, ModelKeeper
 from tuning.settings import ALGORITHMS, GRID, StudyConfig, spark_cluster, stop_rules, worker_limits
@@ -172,9 +173,8 @@ class _Ledger:
                                 "tuning.max_epochs": config.trial.max_epochs}
         if self.pruning is not None:
             tags["tuning.pruner"] = repr(config.pruner)  # e.g. MedianPruner(startup_trials=5, …)
-            self.pruning.load(tracker.client, [(r.number, r.run_id, r.status is TrialStatus.OK)
-                                               for r in past if r.loss is not None],
-                              config.objective.curve_keys, config.objective.loss(1.0))
+            self.pruning.load((r.number, _curve(tracker, r.run_id, config.objective),
+                               r.status is TrialStatus.OK) for r in past if r.loss is not None)
         if config.trial.log_model:
             tags["tuning.keep_models"] = str(config.keep_models)
         tracker.log(study_run_id, tags=tags)
@@ -196,6 +196,15 @@ class _Ledger:
         settle()
         signals.check()  # a stop requested during the trial, that Python dropped
         return self.rules.check(self.results)
+
+
+def _curve(tracker: Tracker, run_id: str, objective: Objective) -> Curve:
+    """A past trial's learning curve, as a loss, from the first of the objective's metric
+    names that it logged per epoch."""
+    for key in objective.curve_keys:
+        if history := tracker.metric_history(run_id, key):
+            return tuple(objective.loss(m.value) for m in history)
+    return ()
 
 
 @contextmanager

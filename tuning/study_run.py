@@ -30,6 +30,8 @@ from tuning.stopping import StopReason
 from tuning.tracking import LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker
 from tuning.trial import TrialResult, TrialStatus, settle
 
+__all__ = ["StudyResult", "StudyRun"]  # the rest is this package's own
+
 
 @dataclass(frozen=True)
 class StudyResult:
@@ -122,7 +124,7 @@ def open_study(tracker: Tracker, experiment_id: str, recipe: Recipe, config: Stu
         config = config.resumed(previous.data.params)
         run_id = previous.info.run_id
         lease = Lease.take(tracker, previous, config.force)  # before anything of it is touched
-        tracker.client.update_run(run_id, status="RUNNING")
+        tracker.set_status(run_id, "RUNNING")
         past = history.rebuild(tracker, experiment_id, run_id, trials)
         resumes = int(previous.data.tags.get("tuning.resumes", "0")) + 1
         tracker.log(run_id, tags={"tuning.resumes": resumes})

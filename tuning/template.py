@@ -38,6 +38,8 @@ from typing import Any
 from tuning.distributions import NAMES, Distribution, DistributionError
 from tuning.errors import TemplateError
 
+__all__ = ["Marker", "Template", "assigned", "param_value"]  # the rest is this package's own
+
 PARAM_FUNCTION = "__tuning_param__"
 
 # Values of the trial being run in this thread/context. A ContextVar, not a module
@@ -334,11 +336,12 @@ def _built_options(call: ast.Call, text: str, marker: str, filename: str, line: 
     """The options of a ``choice``/``pchoice`` written as a list that construct an object
     (a call or a lambda), as ``(text as written, code)``; each is replaced in ``call`` by
     its text, so the space, the params and the tags hold ``Dropout(0.5)``, never an object."""
-    if call.func.id not in ("choice", "pchoice") or not call.args \
+    name = getattr(call.func, "id", None)  # the parser let only a bare name through
+    if name not in ("choice", "pchoice") or not call.args \
             or not isinstance(call.args[0], ast.List | ast.Tuple):
         return ()
     options = call.args[0].elts
-    if call.func.id == "pchoice":  # (probability, option) pairs; others are reported later
+    if name == "pchoice":  # (probability, option) pairs; others are reported later
         slots = [(item.elts, 1) for item in options if isinstance(item, ast.Tuple) and len(item.elts) == 2]
     else:
         slots = [(options, i) for i in range(len(options))]

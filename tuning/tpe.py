@@ -124,8 +124,9 @@ class _Observations:
         self.vals = {label: np.asarray([]) for label in self.labels}
         self.open: dict[int, dict[str, Any]] = {}  # position -> its document, while its loss may change
 
-    def read(self, trials: base.Trials) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray],
-                                                 dict[str, np.ndarray]]:
+    def read(self, trials: base.Trials) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+        """Trial ids, losses, and per label the ids and values that use it (arrays; lists
+        when hyperopt's own reading was used)."""
         docs = trials.trials
         if len(docs) < self.read_docs or (self.read_docs and docs[self.read_docs - 1] is not self.last_doc):
             self._reset()  # documents were removed or replaced: read them all again

@@ -9,7 +9,6 @@ the network.
 from __future__ import annotations
 
 import fcntl
-import importlib.metadata
 import json
 import os
 import queue
@@ -22,19 +21,19 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from functools import cache
 from typing import Any, TypeVar
 
 import mlflow
-import numpy as np
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Experiment, Metric, Param, Run, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tuning.errors import TrackingError
-from tuning.fluent import default_uri, resolve_uri, user_experiment
+from tuning.fluent import default_uri, quiet_downloads, resolve_uri, user_experiment, using_uri
 from tuning.patience import DEFAULT_PATIENCE, Patience
+from tuning.signature import keras_requirements, signature
 
 SEND_INTERVAL = 1.0  # seconds over which per-epoch metrics are gathered into one request
 KIND_TAG = "tuning.kind"  # "study" or "trial": how queries tell our runs apart
@@ -47,6 +46,7 @@ INTERRUPTED_TAG = "tuning.interrupted"  # "true" on a trial whose study was stop
 RETRY_TAG = "tuning.retry_of"  # on a trial that reruns an interrupted one: that one's run id
 MODEL_DELETED_TAG = "tuning.model_deleted"  # why a finished trial's model is gone (--keep-models best:N)
 SOURCE_FUNCTION_TAG = "tuning.source_function"  # the study's model function, in the file tagged tuning.recipe
+_PAGE = 1000  # runs per search request
 _MAX_VALUE_LENGTH = 6000  # MLflow's limit for a param/tag value is 6000 characters
 T = TypeVar("T")
 
@@ -154,7 +154,10 @@ class Tracker:
                 except MlflowException as error:
                     if error.error_code != "RESOURCE_ALREADY_EXISTS":
                         raise
-                    return self.client.get_experiment_by_name(name).experiment_id  # made by another process
+                    made = self.client.get_experiment_by_name(name)  # by another process
+                    if made is None:
+                        raise
+                    return made.experiment_id
 
             return self.once(create, lambda: getattr(self.client.get_experiment_by_name(name),
                                                      "experiment_id", None))
@@ -253,15 +256,18 @@ class Tracker:
             lambda: next(iter(self.client.search_logged_models(
                 [experiment_id], f"source_run_id = '{run_id}' AND name = 'model'", max_results=1)), None))
         try:
-            self.once(lambda: self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, 0)]),
-                      lambda: next((o for o in self.client.get_run(run_id).outputs.model_outputs
-                                    if o.model_id == logged.model_id), None))
+            def output() -> Any:  # the run's link to this model, if a retried request made it
+                outputs = getattr(self.client.get_run(run_id).outputs, "model_outputs", ())
+                return next((o for o in outputs if o.model_id == logged.model_id), None)
+
+            link = [LoggedModelOutput(logged.model_id, 0)]
+            self.once(lambda: self.client.log_outputs(run_id, link), output)
             with tempfile.TemporaryDirectory() as folder:
                 local = os.path.join(folder, "model")
                 description = Model(artifact_path=logged.artifact_location, run_id=run_id,
                                     model_uuid=logged.model_id, model_id=logged.model_id)
                 mlflow.keras.save_model(model, local, mlflow_model=description,
-                                        signature=_signature(model, x_sample),
+                                        signature=signature(model, x_sample),
                                         pip_requirements=keras_requirements())
                 self.patience.call(self.client.log_model_artifacts, logged.model_id, local)
         except BaseException:  # interrupted, or failed: no model left PENDING forever
@@ -295,57 +301,88 @@ class Tracker:
     def sender(self, run_id: str) -> MetricSender:
         return MetricSender(self, run_id)
 
+    def set_status(self, run_id: str, status: str) -> None:
+        self.patience.call(self.client.update_run, run_id, status=status)
 
-def _signature(model: Any, x_sample: Any | None) -> Any:
-    """The model's signature from a few inputs and its declared output shape; several
-    inputs or outputs by their names."""
-    from mlflow.models import infer_signature
-
-    if x_sample is None:
-        return None
-    shape = getattr(model, "output_shape", None)
-    if isinstance(shape, tuple) and all(isinstance(d, int | None) for d in shape):
-        outputs = np.zeros((_rows(x_sample), *shape[1:]), dtype="float32")
-    else:  # several outputs, or not built
+    def try_tag(self, run_id: str, key: str, value: str) -> bool:
+        """One attempt, no waiting (a heartbeat: the next one comes anyway); whether it landed."""
         try:
-            outputs = model.predict(x_sample, verbose=0)
-        except Exception:  # noqa: BLE001 - a model we cannot sample is logged without one
-            return None
-    inputs = _by_name(x_sample, [getattr(t, "name", None) for t in getattr(model, "inputs", None) or ()])
-    try:
-        return infer_signature(inputs, _by_name(outputs, getattr(model, "output_names", None) or ()))
-    except Exception:  # noqa: BLE001 - same
-        return None
+            self.client.set_tag(run_id, key, value)
+            return True
+        except Exception:  # noqa: BLE001 - a store away now is the trials' to report
+            return False
 
+    def log_file(self, run_id: str, path: str, folder: str) -> None:
+        self.patience.call(self.client.log_artifact, run_id, path, folder)
 
-def _rows(x: Any) -> int:
-    first = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, list | tuple) else x
-    return len(first)
-
-
-def _by_name(values: Any, names: list[str | None] | tuple[str, ...]) -> Any:
-    """A list of arrays as a dict by the model's input or output names (MLflow's signature
-    takes one array or a dict of them)."""
-    if isinstance(values, list | tuple) and len(values) == len(names) and all(names):
-        return dict(zip(names, values, strict=True))
-    return values
-
-
-@cache
-def keras_requirements() -> list[str]:
-    """Pinned pip requirements for the installed Keras and its backend."""
-    import keras
-
-    backend = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax",),
-               "torch": ("torch",)}.get(keras.backend.backend(), ())
-    requirements = [f"keras=={keras.__version__}"]
-    for dist in backend:
+    def register(self, name: str, model_id: str, run_id: str, tags: dict[str, str],
+                 alias: str) -> ModelVersion:
+        """A new version of registered model ``name`` (created if new) from a logged model,
+        given ``alias``."""
         try:
-            requirements.append(f"{dist}=={importlib.metadata.version(dist)}")
-            break
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return requirements
+            self.patience.call(self.client.create_registered_model, name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise  # else it exists already and gets one more version
+        with using_uri(self.uri):  # the registry resolves the models:/ source through it
+            version = self.patience.call(self.client.create_model_version, name, f"models:/{model_id}",
+                                         run_id=run_id, model_id=model_id, tags=tags)
+        self.patience.call(self.client.set_registered_model_alias, name, alias, version.version)
+        return self.patience.call(self.client.get_model_version, name, version.version)
+
+    # Reads: every question the package asks the store, retried as the writes are.
+
+    def run(self, run_id: str) -> Run:
+        return self.patience.call(self.client.get_run, run_id)
+
+    def runs(self, experiment_id: str, query: str = "", *, order_by: list[str] | None = None,
+             limit: int | None = None) -> Iterator[Run]:
+        """The runs of an experiment that match ``query``, page by page; the first ``limit`` only."""
+        token, seen = None, 0
+        while limit is None or seen < limit:
+            page = self.patience.call(self.client.search_runs, [experiment_id], query,
+                                      max_results=_PAGE if limit is None else min(_PAGE, limit - seen),
+                                      order_by=order_by, page_token=token)
+            yield from page
+            seen, token = seen + len(page), page.token
+            if not token:
+                return
+
+    def trial_runs(self, experiment_id: str, study_run_id: str,
+                   condition: str | None = None) -> Iterator[Run]:
+        """Every trial run of a study (that meets the search ``condition``)."""
+        query = f"tags.`{KIND_TAG}` = 'trial' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{study_run_id}'"
+        return self.runs(experiment_id, f"{query} and {condition}" if condition else query)
+
+    def experiment(self, name: str) -> Experiment | None:
+        return self.patience.call(self.client.get_experiment_by_name, name)
+
+    def experiment_names(self) -> list[str]:
+        return [e.name for e in self.patience.call(self.client.search_experiments)]
+
+    def metric_history(self, run_id: str, key: str) -> list[Metric]:
+        """Every value of metric ``key`` the run logged, by step."""
+        return sorted(self.patience.call(self.client.get_metric_history, run_id, key), key=lambda m: m.step)
+
+    def download(self, run_id: str, path: str, folder: str) -> str:
+        with quiet_downloads():
+            return self.patience.call(self.client.download_artifacts, run_id, path, folder)
+
+    def model_source_run(self, uri: str) -> str:
+        """The run that logged the model at ``runs:/…`` or ``models:/…`` (a name@alias, a
+        name/version, or a logged model's id)."""
+        if uri.startswith("runs:/"):
+            return uri.removeprefix("runs:/").split("/", 1)[0]
+        name = uri.removeprefix("models:/")
+        if "@" in name:
+            found = self.patience.call(self.client.get_model_version_by_alias, *name.split("@", 1)).run_id
+        elif "/" in name:
+            found = self.patience.call(self.client.get_model_version, *name.split("/", 1)).run_id
+        else:
+            found = self.patience.call(self.client.get_logged_model, name).source_run_id
+        if found is None:
+            raise TrackingError(f"the model {uri} was not logged by a run")
+        return found
 
 
 class MetricSender:

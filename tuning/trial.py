@@ -44,6 +44,8 @@ from tuning.tracking import (
     Tracker,
 )
 
+__all__ = ["TrialOptions", "TrialResult", "TrialStatus", "TrialPruned"]  # the rest is this package's own
+
 _log = logging.getLogger("tuning")
 
 

@@ -28,6 +28,8 @@ from tuning.pruners import Pruning
 from tuning.tracking import INTERRUPTED_TAG
 from tuning.trial import Reporter, TrialOptions, TrialResult, TrialSetup, TrialStatus, run_trial, settle
 
+__all__ = ["Limits"]  # the rest is this package's own
+
 _POLL = 0.2  # seconds between checks of a running trial
 
 
