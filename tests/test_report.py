@@ -24,6 +24,7 @@ from tests.conftest import DIGITS_DATA, DIGITS_MODEL, free_port
 from tests.test_cli import TUNING
 from tuning.cli import main
 from tuning.report import REPORT_DIR, Point, Report, _draw, attach_report, importance
+from tuning.tracking import Tracker
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FILES = ["objective.png", "params.png", "importance.png", "report.html", "trials.csv"]
@@ -149,7 +150,7 @@ def test_a_report_of_thousands_of_trials_stays_readable_and_its_page_small(tmp_p
 
 def test_a_report_that_cannot_be_drawn_warns_and_never_raises(study, caplog):
     with caplog.at_level(logging.WARNING, logger="tuning.report"):
-        attach_report(dataclasses.replace(study, run_id="f" * 32))  # no such study run
+        attach_report(dataclasses.replace(study, run_id="f" * 32), Tracker(study.tracking_uri))  # no such run
     assert "could not draw the study report of run ffff" in caplog.text
 
 

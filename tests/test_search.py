@@ -219,8 +219,9 @@ def test_the_pruners_are_reached_as_the_readme_writes_them_in_a_fresh_process():
 def test_every_public_name_resolves_in_a_fresh_process():
     code = ("import importlib, tuning\n"
             "missing = [n for n in tuning.__all__ if not hasattr(tuning, n)]\n"
-            "for name in ('pruners', 'stopping', 'trial', 'worker', 'spark', 'best', 'report', 'population',\n"
-            "             'template', 'errors', 'retention', 'settings', 'study_run', 'study', 'optim'):\n"
+            "for name in ('pruners', 'stopping', 'trial', 'worker', 'spark', 'best', 'report',\n"
+            "             'population', 'template', 'errors', 'retention', 'settings', 'study_run',\n"
+            "             'study', 'optim'):\n"
             "    module = importlib.import_module('tuning.' + name)\n"
             "    missing += [f'{name}.{n}' for n in module.__all__ if not hasattr(module, n)]\n"
             "print(len(tuning.__all__), missing)\n")

@@ -161,16 +161,16 @@ def study_report(experiment: str, tracking_uri: str | None = None, out: str | Pa
                   _space(tracker, study_run.info.run_id), plotly_js)
 
 
-def log_report(report: Report, tracking_uri: str | None = None) -> None:
+def log_report(report: Report, tracking_uri: str | Tracker | None = None) -> None:
     """Attach the report's files to its study run, under ``report/``."""
-    tracker = Tracker(tracking_uri)
+    tracker = tracking_uri if isinstance(tracking_uri, Tracker) else Tracker(tracking_uri)
     for path in report.files:
         tracker.log_file(report.study_run_id, str(path), REPORT_DIR)
 
 
-def attach_report(study: StudyResult) -> None:
+def attach_report(study: StudyResult, tracker: Tracker) -> None:
     """Draw and log a study's report at its end, from the trials it holds (nothing is read
-    back); never raises: the study is what matters."""
+    back), through the study's own ``tracker``; never raises: the study is what matters."""
     finished = [_Finished(t.number, t.run_id, {k: format_value(v) for k, v in t.params.items()}, t.loss)
                 for t in study.trials if t.status is TrialStatus.OK and t.loss is not None]
     if not finished:
@@ -180,7 +180,7 @@ def attach_report(study: StudyResult) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="tuning-report-") as folder:
             log_report(_drawn(study.experiment, study.run_id, study.objective.metric, study.objective.mode,
-                              finished, failed, Path(folder), space), study.tracking_uri)
+                              finished, failed, Path(folder), space), tracker)
     except Exception as error:  # noqa: BLE001 - a plotting failure must not fail a finished search
         logger.warning("could not draw the study report of run %s: %s", study.run_id, error)
 

@@ -10,10 +10,10 @@ process and a Spark task.
 Example::
 
     >>> from tuning.recipe import Recipe
-    >>> recipe = Recipe.of(lambda: None, lambda: ())  # no constants: the defaults apply
-    >>> config = StudyConfig.merge(recipe, max_evals=5, seed=1, objective="val_loss")
-    >>> config.max_evals, config.algo, config.trial.objective.mode
-    (5, 'tpe', 'min')
+    >>> recipe = Recipe.from_file("recipes/digits_cnn.py")  # MAX_EVALS = 10, OBJECTIVE = "accuracy"
+    >>> config = StudyConfig.merge(recipe, seed=1, objective="val_loss")
+    >>> config.max_evals, config.algo, config.trial.objective.mode, config.trial.seed
+    (10, 'tpe', 'min', 1)
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def _finish(tracker: Tracker, result: StudyResult, status: str) -> None:
 
         try:
             signals.check()
-            attach_report(result)
+            attach_report(result, tracker)
         except KeyboardInterrupt:  # --resume draws it: every trial is done, the budget spent
             tracker.log(result.run_id, tags={"tuning.stop_reason": StopReason.INTERRUPTED,
                                              "tuning.stop_detail": "interrupted while drawing the report"})

@@ -154,15 +154,8 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
     """Run ``model(*data)`` with ``params`` as one MLflow child run of the study; ``pruning``
     (the study's pruner and the curves known as the trial starts) may stop it between epochs."""
     tracker, options = setup.tracker, setup.options
-    retried = dict(setup.retries).get(number)
-    run_id = tracker.start_run(setup.experiment_id, f"trial-{number}", "trial", setup.study_run_id,
-                               tags={"tuning.trial": str(number),
-                                     "tuning.hyperopt_vals": json.dumps(raw, default=float),
-                                     **({RETRY_TAG: retried} if retried else {})})
-    tracker.log(run_id, params=params, tags=params)
-    setup.reporter.trial_started(number, run_id, params)
+    run_id = _start(setup, number, params, raw)
     sender = tracker.sender(run_id)
-
     curve: list[float] = []
 
     def sink(step: int, metrics: dict[str, float]) -> None:
@@ -189,10 +182,7 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
                              seconds=time.perf_counter() - started, curve=tuple(curve),
                              model_logged=logged, own_loss=own, extra=extra)
     except TrialPruned as pruned:
-        sender.close()
-        tracker.log(run_id, metrics={LOSS_METRIC: pruned.loss}, step=pruned.epoch + 1,
-                    tags={"tuning.pruned": "true", "tuning.pruned_epoch": pruned.epoch})
-        tracker.end_run(run_id, "KILLED")
+        _end_pruned(tracker, run_id, sender, pruned)
         result = TrialResult(number, run_id, TrialStatus.PRUNED, params, pruned.loss,
                              seconds=time.perf_counter() - started, curve=tuple(curve))
     except KeyboardInterrupt:
@@ -214,6 +204,26 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
         free_models()
     setup.reporter.trial_ended(result)
     return result
+
+
+def _start(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[str, Any]) -> str:
+    """The trial's child run, with its values as params and tags (hyperopt's own in a tag)."""
+    retried = dict(setup.retries).get(number)
+    run_id = setup.tracker.start_run(setup.experiment_id, f"trial-{number}", "trial", setup.study_run_id,
+                                     tags={"tuning.trial": str(number),
+                                           "tuning.hyperopt_vals": json.dumps(raw, default=float),
+                                           **({RETRY_TAG: retried} if retried else {})})
+    setup.tracker.log(run_id, params=params, tags=params)
+    setup.reporter.trial_started(number, run_id, params)
+    return run_id
+
+
+def _end_pruned(tracker: Tracker, run_id: str, sender: MetricSender, pruned: TrialPruned) -> None:
+    """The loss where the pruner stopped it, tagged pruned; the run ends KILLED."""
+    sender.close()
+    tracker.log(run_id, metrics={LOSS_METRIC: pruned.loss}, step=pruned.epoch + 1,
+                tags={"tuning.pruned": "true", "tuning.pruned_epoch": pruned.epoch})
+    tracker.end_run(run_id, "KILLED")
 
 
 def end_finished(setup: TrialSetup, run_id: str, sender: MetricSender, model: Any, params: dict[str, Any],
