@@ -132,7 +132,10 @@ def _collect(phase, info):
     if phase == "start" and not _sent:
         _sent.append(True)
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(1)  # the handler runs here, inside the callback
+        # Until the handler runs here, inside the callback: its exception ends this loop.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 gc.callbacks.append(_collect)

@@ -28,6 +28,31 @@ def model(x_train, y_train, x_test, y_test):
     return net
 '''
 
+# MODEL whose trial number HOLD_TRIAL (model() calls, counted in GATE.calls) creates GATE.held
+# at the end of its first epoch, to say it is training, and trains on once GATE exists.
+HELD_MODEL = MODEL.replace("validation_data=(x_test, y_test))", "validation_data=(x_test, y_test),\n"
+                           "            callbacks=held())")
+HOLD = '''
+import os, time
+
+
+def held():
+    with open(GATE + ".calls", "a") as calls:
+        calls.write("call\\n")
+    if len(open(GATE + ".calls").readlines()) != HOLD_TRIAL:
+        return []
+
+    class Hold(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                open(GATE + ".held", "w").close()
+                deadline = time.monotonic() + 600
+                while not os.path.exists(GATE) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+    return [Hold()]
+'''
+assert HELD_MODEL != MODEL
+
 
 def finished_trials(url: str) -> list:
     client = MlflowClient(url)
@@ -39,25 +64,48 @@ def finished_trials(url: str) -> list:
 
 
 class ServedStudy:
-    """A real mlflow server of its own and a `tuning run` against it, in a subprocess."""
+    """A real mlflow server of its own and a `tuning run` against it, in a subprocess, whose
+    trial number ``hold_trial`` waits after its first epoch until :meth:`release`."""
 
-    def __init__(self, tmp_path: Path, write_recipe, *flags: str):
+    def __init__(self, tmp_path: Path, write_recipe, *flags: str, hold_trial: int):
         self.folder = tmp_path / "server"
         self.folder.mkdir()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = start_server(self.folder, self.port)
-        self.recipe = write_recipe(model=MODEL, extra='EXPERIMENT = "outage"\n')
-        self.study = subprocess.Popen(
-            [TUNING, "run", str(self.recipe), "--tracking-uri", self.url, *flags], cwd=tmp_path,
-            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        self.gate = tmp_path / "gate"
+        constants = f'EXPERIMENT = "outage"\nHOLD_TRIAL = {hold_trial}\nGATE = {str(self.gate)!r}\n'
+        self.recipe = write_recipe(model=HELD_MODEL, extra=constants + HOLD)
+        self.out, self.err = tmp_path / "study.out", tmp_path / "study.err"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.study = subprocess.Popen(
+                [TUNING, "run", str(self.recipe), "--tracking-uri", self.url, *flags], cwd=tmp_path,
+                text=True, stdout=out, stderr=err, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
-    def wait_for_finished_trials(self, count: int) -> None:
-        deadline = time.monotonic() + 180
-        while len(finished_trials(self.url)) < count:
-            assert time.monotonic() < deadline and self.study.poll() is None, self.study.stderr.read()
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def wait_until(self, done, what: str, timeout: float = 300) -> None:
+        """Until ``done()``; fails, naming ``what`` it waited for, if the study ends first or after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert self.study.poll() is None, f"the study ended (exit code {self.study.returncode}) " \
+                f"before {what}:\n{self.stderr()[-3000:]}"
+            assert time.monotonic() < deadline, f"no {what} in {timeout} s:\n{self.stderr()[-3000:]}"
             time.sleep(0.2)
+
+    def wait_until_held(self) -> None:
+        """Until the held trial has trained its first epoch (and waits)."""
+        self.wait_until(self.gate.with_name("gate.held").exists, "held trial")
+
+    def release(self) -> None:
+        self.gate.touch()
+
+    def wait(self, timeout: float) -> str:
+        """Until the study ends; what it wrote on stderr."""
+        self.study.wait(timeout=timeout)
+        return self.stderr()
 
     def restart_server(self) -> None:
         self.server = start_server(self.folder, self.port)  # same store, same address
@@ -65,17 +113,20 @@ class ServedStudy:
     def stop(self) -> None:
         if self.study.poll() is None:
             self.study.kill()
+            self.study.wait()
         stop_server(self.server)
 
 
 def test_server_killed_and_restarted_mid_study_loses_nothing(write_recipe, tmp_path):
-    served = ServedStudy(tmp_path, write_recipe, "--max-evals", "5", "--seed", "3", "--patience", "300")
+    served = ServedStudy(tmp_path, write_recipe, "--max-evals", "5", "--seed", "3", "--patience", "300",
+                         hold_trial=3)
     try:
-        served.wait_for_finished_trials(2)
+        served.wait_until_held()
         stop_server(served.server)  # mid-study: the third trial is training
-        time.sleep(5)
+        served.release()
+        served.wait_until(lambda: "retrying for up to 300 s" in served.stderr(), "outage reported")
         served.restart_server()
-        _, stderr = served.study.communicate(timeout=600)
+        stderr = served.wait(timeout=600)
     finally:
         served.stop()
     assert served.study.returncode == 0, stderr
@@ -98,11 +149,12 @@ def test_server_killed_and_restarted_mid_study_loses_nothing(write_recipe, tmp_p
 
 
 def test_patience_runs_out_and_the_study_stops_cleanly(write_recipe, tmp_path):
-    served = ServedStudy(tmp_path, write_recipe, "--max-evals", "6", "--patience", "3")
+    served = ServedStudy(tmp_path, write_recipe, "--max-evals", "6", "--patience", "3", hold_trial=2)
     try:
-        served.wait_for_finished_trials(1)
-        stop_server(served.server)
-        _, stderr = served.study.communicate(timeout=300)
+        served.wait_until_held()
+        stop_server(served.server)  # mid-study: the second trial is training
+        served.release()
+        stderr = served.wait(timeout=300)
     finally:
         served.stop()
     assert served.study.returncode == 1
@@ -120,8 +172,10 @@ def test_patience_runs_out_and_the_study_stops_cleanly(write_recipe, tmp_path):
         client = MlflowClient(served.url)
         runs = client.search_runs([finished_trials(served.url)[0].info.experiment_id],
                                   "tags.`tuning.kind` = 'trial'")
-        # The trial cut off by the outage is KILLED and its configuration ran again: six ran to an end.
+        # The trial cut off by the outage (the held one) is KILLED and its configuration ran
+        # again: six ran to an end.
         cut = [r for r in runs if r.data.tags.get("tuning.interrupted") == "true"]
+        assert len(cut) == 1 and cut[0].data.tags["tuning.trial"] == "2"
         assert len(runs) == 6 + len(cut) and all(r.info.status == "KILLED" for r in cut)
         assert len(finished_trials(served.url)) == 6
     finally:

@@ -160,22 +160,32 @@ def test_a_spark_trial_is_pruned_by_the_curves_of_the_trials_before_it(mlflow_se
 
 
 def test_sigterm_cancels_running_trials_and_leaves_none_running(mlflow_server, recipe, tmp_path):
-    process = subprocess.Popen([TUNING, "run", str(recipe("stopped", sleep=600.0)), "--tracking-uri",
-                                mlflow_server, "--parallelism", "2", "--max-evals", "4", "--seed", "1"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    client = MlflowClient(mlflow_server)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # until two trials run at once, both done training
-        experiment = client.get_experiment_by_name("stopped")
-        running = experiment and client.search_runs(
-            [experiment.experiment_id],
-            "tags.`tuning.kind` = 'trial' and attributes.status = 'RUNNING' and metrics.test_loss > 0")
-        if running and len(running) == 2:
-            break
-        time.sleep(1)
-    assert running and len(running) == 2, "two trials never ran at the same time"
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    # Each trial, once trained, sleeps until it is cancelled (600 s: longer than this test's waits).
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        process = subprocess.Popen([TUNING, "run", str(recipe("stopped", sleep=600.0)), "--tracking-uri",
+                                    mlflow_server, "--parallelism", "2", "--max-evals", "4", "--seed", "1"],
+                                   cwd=tmp_path, stdout=stdout, stderr=stderr, start_new_session=True)
+    try:
+        client = MlflowClient(mlflow_server)
+        deadline = time.monotonic() + 300
+        while True:  # until two trials run at once, both done training
+            experiment = client.get_experiment_by_name("stopped")
+            running = experiment and client.search_runs(
+                [experiment.experiment_id],
+                "tags.`tuning.kind` = 'trial' and attributes.status = 'RUNNING' and metrics.test_loss > 0")
+            if (running and len(running) == 2) or process.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert running and len(running) == 2, (f"two trials never ran at the same time (exit code "
+                                               f"{process.poll()}):\n{err.read_text()[-3000:]}")
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:  # a wait failed: the study, its Spark JVM and Python workers
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    stderr = err.read_text()
     assert process.returncode == 130, stderr
     assert "resume with: tuning run" in stderr
     (parent,), trials = study_runs(mlflow_server, "stopped")

@@ -23,8 +23,8 @@ def test_epoch_line_is_shown_without_waiting_for_the_bar() -> None:
             training = threading.Thread(target=reporter.epoch_ended,
                                         args=(2, 1, {"loss": 0.5, "accuracy": 0.75}))
             training.start()
-            training.join(timeout=5)
-            assert not training.is_alive()
+            training.join(timeout=60)  # a call waiting for the lock would wait for ever
+            assert not training.is_alive(), "epoch_ended waited for the bar's lock"
         reporter._progress.refresh()
         assert "trial 2 · epoch 2 · loss 0.5, accuracy 0.75" in _plain(console)
         reporter.trial_ended(TrialResult(2, "run", TrialStatus.OK, {"units": 8}, loss=-0.75, seconds=1.0))

@@ -261,7 +261,7 @@ def test_ui_serves_the_default_store_of_the_working_folder(study):
         assert not [c for c in commands if "huey" in c]
     finally:
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert process.wait(timeout=120) == 0
         assert process.stdout.read() == ""  # MLflow's request log and warnings stay in its log
         assert not log.exists()  # removed once the UI was stopped as asked
     with pytest.raises(OSError):  # the server and its workers are gone with it

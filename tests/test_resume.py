@@ -16,8 +16,10 @@ from mlflow import MlflowClient
 import tuning
 from tests.test_cli import TUNING
 
-# A trial that takes a moment and needs no training; STOP_FILE makes the third one raise
-# KeyboardInterrupt, as a Ctrl-C in the middle of that trial would.
+# A trial that needs no training. STOP_AT makes the STOP_AT-th call (counted in CALLS_FILE)
+# raise KeyboardInterrupt, as a Ctrl-C in the middle of that trial would. GATE_FILE is a
+# barrier the test opens: the trial (every one, or only the HOLD_AT-th call) creates
+# GATE_FILE.held to say it is running, then waits until GATE_FILE exists (or it is killed).
 SLOW_MODEL = '''
 import os, time
 
@@ -28,17 +30,19 @@ def data():
 
 def model(a, b, c, d):
     x = <<uniform(0, 1)>>
-    calls = os.environ.get("CALLS_FILE")
+    calls, count = os.environ.get("CALLS_FILE"), 0
     if calls:
         with open(calls, "a") as f:
             f.write("call\\n")
-        if os.environ.get("STOP_AT") and len(open(calls).readlines()) == int(os.environ["STOP_AT"]):
+        count = len(open(calls).readlines())
+        if os.environ.get("STOP_AT") and count == int(os.environ["STOP_AT"]):
             raise KeyboardInterrupt
-    time.sleep(float(os.environ.get("TRIAL_SECONDS", "0")))
-    gate = os.environ.get("GATE_FILE")  # a barrier the test opens
-    deadline = time.monotonic() + 300
-    while gate and not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    gate = os.environ.get("GATE_FILE")
+    if gate and count == int(os.environ.get("HOLD_AT", count)):
+        open(gate + ".held", "a").close()
+        deadline = time.monotonic() + 600
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
     return {"loss": (x - 0.3) ** 2, "status": "ok"}
 '''
 
@@ -114,32 +118,52 @@ def test_resume_refuses_a_different_algorithm(slow_recipe, store, tmp_path, monk
                         resume=True)
 
 
-def _start(recipe: Path, store: str, cwd: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "TRIAL_SECONDS": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+def _start(recipe: Path, store: str, cwd: Path, hold_at: int) -> subprocess.Popen:
+    """``tuning run`` of 4 trials, whose ``hold_at``-th trial runs until the process is stopped."""
+    env = {**os.environ, "CALLS_FILE": str(cwd / "calls.txt"), "GATE_FILE": str(cwd / "gate"),
+           "HOLD_AT": str(hold_at), "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.Popen([TUNING, "run", str(recipe), "--tracking-uri", store, "--max-evals", "4",
-                             "--seed", "1", *extra], cwd=cwd, env=env, text=True,
+                             "--seed", "1"], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_for(store: str, finished: int, timeout: float = 120) -> None:
+def _stop(process: subprocess.Popen) -> None:
+    """Kill a study the test did not see to its end (a wait that failed)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=60)
+
+
+def _wait_for(store: str, finished: int, process: subprocess.Popen, held: Path, timeout: float = 180) -> None:
+    """Until a trial is held (its recipe created ``held``) and MLflow shows ``finished`` trials
+    FINISHED and one RUNNING."""
     deadline = time.monotonic() + timeout
+    seen: list[str] = []
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            _, stderr = process.communicate()
+            raise AssertionError(f"the study ended (exit code {process.returncode}) before a trial was "
+                                 f"held after {finished} finished; trials: {seen}\n{stderr[-3000:]}")
         _, trials = study_runs(store)
-        done = [r for r in trials if r.info.status == "FINISHED"]
-        if len(done) >= finished and any(r.info.status == "RUNNING" for r in trials):
+        seen = [r.info.status for r in trials]
+        if held.exists() and seen.count("FINISHED") >= finished and "RUNNING" in seen:
             return
         time.sleep(0.2)
-    raise AssertionError(f"{finished} trials did not finish in {timeout} s")
+    raise AssertionError(f"no trial was held running after {finished} finished, in {timeout} s "
+                         f"({held.name} {'exists' if held.exists() else 'missing'}); trials: {seen}")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_ends_trial_and_study_killed_and_prints_the_resume_command(
         slow_recipe, store, tmp_path, signum):
-    process = _start(slow_recipe, store, tmp_path)
-    _wait_for(store, finished=1)
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+    process = _start(slow_recipe, store, tmp_path, hold_at=2)
+    try:
+        _wait_for(store, finished=1, process=process, held=tmp_path / "gate.held")
+        process.send_signal(signum)  # trial 2 runs until this ends it
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        _stop(process)
     assert process.returncode == 130, stderr
     (study,), trials = study_runs(store)
     assert study.info.status == "KILLED"
@@ -149,7 +173,7 @@ def test_a_signal_ends_trial_and_study_killed_and_prints_the_resume_command(
                        "--seed 1 --resume")
 
     resumed = subprocess.run([TUNING, *command.split()[1:]], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300, env={**os.environ, "TRIAL_SECONDS": "0"})
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     (study,), trials = study_runs(store)
     assert study.info.status == "FINISHED"
@@ -159,10 +183,12 @@ def test_a_signal_ends_trial_and_study_killed_and_prints_the_resume_command(
 
 @pytest.mark.slow
 def test_after_kill_9_resume_marks_the_orphan_killed(slow_recipe, store, tmp_path):
-    process = _start(slow_recipe, store, tmp_path)
-    _wait_for(store, finished=2)
-    process.kill()
-    process.wait(timeout=30)
+    process = _start(slow_recipe, store, tmp_path, hold_at=3)
+    try:
+        _wait_for(store, finished=2, process=process, held=tmp_path / "gate.held")
+    finally:
+        process.kill()  # trial 3 runs until this
+        process.wait(timeout=60)
     (study,), trials = study_runs(store)
     assert study.info.status == "RUNNING" and trials[-1].info.status == "RUNNING"
 
@@ -184,13 +210,17 @@ def test_a_study_still_running_is_not_resumed_beside_itself(slow_recipe, store, 
     env = {**os.environ, "GATE_FILE": str(gate), "TF_CPP_MIN_LOG_LEVEL": "3"}
     first = subprocess.Popen([TUNING, "run", str(slow_recipe), "--tracking-uri", store, "--max-evals", "3"],
                              cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for(store, finished=0)  # its first trial is running, held at the gate
-    second = subprocess.run([TUNING, "run", str(slow_recipe), "--tracking-uri", store, "--max-evals", "3",
-                             "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 1
-    assert f"is still running in process {first.pid}" in second.stderr and "--force" in second.stderr
-    gate.touch()
-    _, stderr = first.communicate(timeout=300)
+    try:
+        _wait_for(store, finished=0, process=first, held=tmp_path / "gate.held")  # its first trial
+        # Not held at the gate: a resume let through in error runs to its end and fails the test at once.
+        second = subprocess.run([TUNING, "run", str(slow_recipe), "--tracking-uri", store, "--max-evals",
+                                 "3", "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"is still running in process {first.pid}" in second.stderr and "--force" in second.stderr
+        gate.touch()
+        _, stderr = first.communicate(timeout=300)
+    finally:
+        _stop(first)
     assert first.returncode == 0, stderr
     (study,), trials = study_runs(store)
     assert study.info.status == "FINISHED"

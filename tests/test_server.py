@@ -28,7 +28,7 @@ class Probe(keras.callbacks.Callback):
             return
         client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
         experiment = client.get_experiment_by_name("served")
-        deadline, seen = time.monotonic() + 20, 0
+        deadline, seen = time.monotonic() + 60, 0  # until both points arrived (else the test fails)
         while time.monotonic() < deadline and seen < 2:
             running = client.search_runs([experiment.experiment_id],
                                          "attributes.status = 'RUNNING' and tags.`tuning.kind` = 'trial'")

@@ -136,7 +136,9 @@ def open_study(tracker: Tracker, experiment_id: str, recipe: Recipe, config: Stu
     if config.cluster is not None:
         params["parallelism"] = config.cluster.parallelism
     run_id = start_study_run(tracker, experiment_id, recipe, distributions, params)
-    return Opened(run_id, config, history.History([], 0, ()), Lease(tracker, run_id))
+    lease = Lease(tracker, run_id)
+    tracker.log(run_id, tags=lease.tags)  # who holds it: a --resume elsewhere meanwhile refuses
+    return Opened(run_id, config, history.History([], 0, ()), lease)
 
 
 def start_study_run(tracker: Tracker, experiment_id: str, recipe: Recipe,
