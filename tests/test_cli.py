@@ -112,6 +112,7 @@ def test_a_recipe_named_like_an_installed_module_names_the_clash(write_recipe, s
     assert str(recipe.parent) not in sys.path  # nothing else in this process imports the recipe
 
 
+@pytest.mark.slow
 def test_best_and_report_take_the_experiment_as_an_option_too(write_recipe, store, tmp_path, monkeypatch):
     tuning.minimize(write_recipe(extra="EXPERIMENT = 'named'\n"), max_evals=2, seed=1, tracking_uri=store,
                     progress=False)

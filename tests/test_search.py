@@ -121,6 +121,7 @@ def test_cli_grid_fraction_and_target(write_recipe, store):
     assert study.data.params["fraction"] == "0.5"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["--algo", "grid"], "'Dropout' is uniform(0, 0.5), which is continuous"),
     (["--fraction", "0.5"], "use it with algo 'grid'"),
@@ -193,6 +194,7 @@ def test_settings_given_twice_or_wrong_are_refused_before_any_run(write_recipe, 
     assert not MlflowClient(store).search_experiments(filter_string="name != 'Default'")
 
 
+@pytest.mark.slow
 def test_a_bad_max_epochs_variable_is_named(write_recipe, store, monkeypatch):
     monkeypatch.setenv("TUNING_MAX_EPOCHS", "two")
     done = subprocess.run([TUNING, "run", str(write_recipe(GRID_MODEL)), "--tracking-uri", store],
@@ -216,6 +218,7 @@ def test_the_pruners_are_reached_as_the_readme_writes_them_in_a_fresh_process():
     assert done.stdout.split() == ["True", "3"]
 
 
+@pytest.mark.slow
 def test_every_public_name_resolves_in_a_fresh_process():
     code = ("import importlib, tuning\n"
             "missing = [n for n in tuning.__all__ if not hasattr(tuning, n)]\n"

@@ -72,6 +72,7 @@ def test_every_trial_is_a_child_run_with_params_metrics_and_model(write_recipe, 
     assert study.best.params == {n: type(study.best.params[n])(best.data.params[n]) for n in names}
 
 
+@pytest.mark.slow
 def test_failing_and_nan_trials_are_failed_runs_and_the_search_goes_on(write_recipe, store):
     recipe = write_recipe(model='''
     def model(x_train, y_train, x_test, y_test):
