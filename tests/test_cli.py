@@ -78,6 +78,14 @@ def test_unreachable_server_fails_before_training(write_recipe):
     assert "mlflow server --host 127.0.0.1 --port 5000" in result.output
 
 
+@pytest.mark.parametrize("command", [["best", "x"], ["report", "x"], ["best", "x", "--register", "m"]])
+def test_questions_to_an_unreachable_server_fail_at_once(command):
+    url = f"http://127.0.0.1:{free_port()}"  # (not after --patience of retries)
+    result = invoke(*command, "--tracking-uri", url)
+    assert result.exit_code == 1
+    assert f"cannot reach the tracking server at {url}" in result.output
+
+
 def test_deleted_experiment_says_how_to_restore_it(write_recipe, store):
     client = MlflowClient(store)
     client.delete_experiment(client.create_experiment("gone"))

@@ -185,6 +185,7 @@ def test_settings_given_as_objects_run_the_study_as_the_flat_keywords_do(write_r
     (dict(limits=tuning.Limits(seconds=5), trial_timeout=9), "limits= and seconds= say the same thing"),
     (dict(cluster=tuning.Cluster(2), parallelism=2), "cluster= and parallelism= say the same thing"),
     (dict(limits=tuning.Limits(seconds=5), cluster=tuning.Cluster(2)), "does not combine"),
+    (dict(cluster=tuning.Cluster(2), spark_master="spark://h:7077"), "cluster= and master= say"),
     (dict(parallelism=0), "parallelism must be at least 1"),
     (dict(max_epochs=0), "max_epochs must be a whole number of epochs, at least 1"),
 ])
@@ -224,7 +225,7 @@ def test_every_public_name_resolves_in_a_fresh_process():
             "missing = [n for n in tuning.__all__ if not hasattr(tuning, n)]\n"
             "for name in ('pruners', 'stopping', 'trial', 'worker', 'spark', 'best', 'report',\n"
             "             'population', 'template', 'errors', 'retention', 'settings', 'study_run',\n"
-            "             'study', 'optim'):\n"
+            "             'study', 'optim', 'objective'):\n"
             "    module = importlib.import_module('tuning.' + name)\n"
             "    missing += [f'{name}.{n}' for n in module.__all__ if not hasattr(module, n)]\n"
             "print(len(tuning.__all__), missing)\n")

@@ -12,8 +12,8 @@ Names are imported on first use, so that ``import tuning`` (and the ``tuning`` c
 does not import Keras before the backend is chosen.
 
 The public surface is ``tuning.__all__`` and the ``__all__`` of the modules users reach into
-(``tuning.pruners``, ``tuning.stopping``, ``tuning.best``, ``tuning.report``,
-``tuning.settings`` …). Everything else, and every module without ``__all__`` (``loop``,
+(``tuning.pruners``, ``tuning.stopping``, ``tuning.objective``, ``tuning.best``,
+``tuning.report``, ``tuning.settings`` …). Everything else, and every module without ``__all__`` (``loop``,
 ``history``, ``lease``, ``tracking`` …), is this package's own and may change.
 """
 

@@ -37,7 +37,7 @@ def best_runs(experiment: str, top: int = 1, tracking_uri: str | None = None,
         for run in tuning.best_runs("digits_cnn", top=3):
             print(run.info.run_id, run.data.metrics["hyperopt_loss"], run.data.params)
     """
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker.reader(tracking_uri)
     found = find_experiment(tracker, experiment)
     query = f"tags.`{KIND_TAG}` = 'trial' and attributes.status = 'FINISHED'"
     if study_run_id:
@@ -55,7 +55,7 @@ def objectives(runs: list[Run], tracking_uri: str | None = None) -> dict[str, Ob
     ``best_runs`` sorts by hyperopt's loss; this says what that loss means to a person
     (a trial of population based training or a search alike).
     """
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker.reader(tracking_uri)
     studies: dict[str, Objective] = {}
     for parent in {run.data.tags.get(MLFLOW_PARENT_RUN_ID, "") for run in runs} - {""}:
         params = tracker.run(parent).data.params
@@ -80,7 +80,7 @@ def model_uri(which: str, tracking_uri: str | None = None) -> str:
         return which
     if _RUN_ID.match(which):
         try:
-            Tracker(tracking_uri).run(which)
+            Tracker.reader(tracking_uri).run(which)
             return f"runs:/{which}/model"
         except MlflowException:
             pass  # not a run id after all: try it as an experiment name
@@ -99,7 +99,7 @@ def register_best(experiment: str, name: str, tracking_uri: str | None = None,
         version = tuning.register_best("digits_cnn", "digits")
         model = tuning.load_best("models:/digits@champion")
     """
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker.reader(tracking_uri)
     run = best_runs(experiment, 1, tracker.uri)[0]
     outputs = run.outputs.model_outputs if run.outputs else []
     if not outputs:
@@ -131,7 +131,7 @@ def load_best(which: str, tracking_uri: str | None = None,
         import keras  # noqa: F401 - MLflow's loader imports it only when it loads
         import mlflow.keras
 
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker.reader(tracking_uri)
     uri = model_uri(which, tracker.uri)
     with using_uri(tracker.uri), quiet_downloads():  # MLflow's loader reads the process-wide URI
         try:

@@ -33,9 +33,9 @@ _SETTLE = 1.0  # seconds two processes taking a lease at once wait before they r
 class Lease:
     """This process's hold on a study run; ``close()`` stops the heartbeat."""
 
-    def __init__(self, tracker: Tracker, run_id: str):
+    def __init__(self, tracker: Tracker, run_id: str = ""):
         self._tracker = tracker
-        self._run_id = run_id
+        self._run_id = run_id  # "" until the run it holds exists (see of())
         self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8)}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -61,6 +61,11 @@ class Lease:
             raise StudyBusyError(f"study {run.info.run_id} was just resumed by another process "
                                  f"({json.loads(current or '{}').get('pid')}): let that one run")
         return lease
+
+    def of(self, run_id: str) -> Lease:
+        """This lease, on the run created with its tags."""
+        self._run_id = run_id
+        return self
 
     def start(self) -> Lease:
         self._thread = threading.Thread(target=self._beat, name="tuning-lease", daemon=True)

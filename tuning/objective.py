@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from tuning.errors import ConfigurationError
 
+__all__ = ["Objective"]  # the rest is this package's own
+
 _ACCURACY_ALIASES = {"accuracy": ("acc", "categorical_accuracy", "sparse_categorical_accuracy",
                                   "binary_accuracy", "compile_metrics")}
 

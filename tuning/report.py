@@ -141,7 +141,7 @@ def study_report(experiment: str, tracking_uri: str | None = None, out: str | Pa
         report = tuning.study_report("digits_cnn", out="report")
         [f.name for f in report.files]   # ['objective.png', 'params.png', ..., 'trials.csv']
     """
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker.reader(tracking_uri)
     found = find_experiment(tracker, experiment)
     study_run = tracker.run(study) if study else _newest_study(tracker, found.experiment_id, experiment)
     finished, failed = [], 0
@@ -161,16 +161,20 @@ def study_report(experiment: str, tracking_uri: str | None = None, out: str | Pa
                   _space(tracker, study_run.info.run_id), plotly_js)
 
 
-def log_report(report: Report, tracking_uri: str | Tracker | None = None) -> None:
+def log_report(report: Report, tracking_uri: str | None = None) -> None:
     """Attach the report's files to its study run, under ``report/``."""
-    tracker = tracking_uri if isinstance(tracking_uri, Tracker) else Tracker(tracking_uri)
+    _log_files(report, Tracker(tracking_uri))
+
+
+def _log_files(report: Report, tracker: Tracker) -> None:
     for path in report.files:
         tracker.log_file(report.study_run_id, str(path), REPORT_DIR)
 
 
-def attach_report(study: StudyResult, tracker: Tracker) -> None:
+def attach_report(study: StudyResult, tracker: Tracker | None = None) -> None:
     """Draw and log a study's report at its end, from the trials it holds (nothing is read
     back), through the study's own ``tracker``; never raises: the study is what matters."""
+    tracker = tracker or Tracker(study.tracking_uri)
     finished = [_Finished(t.number, t.run_id, {k: format_value(v) for k, v in t.params.items()}, t.loss)
                 for t in study.trials if t.status is TrialStatus.OK and t.loss is not None]
     if not finished:
@@ -179,7 +183,7 @@ def attach_report(study: StudyResult, tracker: Tracker) -> None:
     space = {name: {"distribution": d.describe(), "values": d.grid} for name, d in study.space.items()}
     try:
         with tempfile.TemporaryDirectory(prefix="tuning-report-") as folder:
-            log_report(_drawn(study.experiment, study.run_id, study.objective.metric, study.objective.mode,
+            _log_files(_drawn(study.experiment, study.run_id, study.objective.metric, study.objective.mode,
                               finished, failed, Path(folder), space), tracker)
     except Exception as error:  # noqa: BLE001 - a plotting failure must not fail a finished search
         logger.warning("could not draw the study report of run %s: %s", study.run_id, error)

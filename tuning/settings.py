@@ -4,8 +4,8 @@ Settings travel as typed objects, not a dict read back by key: :class:`StudyConf
 the study's own choices and the objects the package already has for the rest
 (:class:`~tuning.stopping.StopRules`, :class:`~tuning.worker.Limits`,
 :class:`~tuning.spark.Cluster`, a :class:`~tuning.pruners.Pruner`), and one
-:class:`~tuning.trial.TrialOptions` that the study hands unchanged to its trials, a worker
-process and a Spark task.
+:class:`~tuning.trial.TrialOptions` that the study hands to its trials, a worker process and
+a Spark task (which turns Keras' own output off: executors' logs are no terminal).
 
 Example::
 
@@ -188,8 +188,6 @@ def spark_cluster(cluster: Cluster | None, parallelism: int | None, spark_master
     """Where parallel trials run: the object, or the same from the flat arguments."""
     if cluster is None and parallelism is None and (spark_master or threads_per_trial):
         raise ConfigurationError("--spark-master and --threads-per-trial go with --parallelism N")
-    if parallelism is None:
-        return cluster
     return _one("cluster", cluster, Cluster, parallelism=parallelism, master=spark_master,
                 threads_per_trial=threads_per_trial)
 

@@ -87,6 +87,15 @@ class StopRules:
         return True
 
 
+def stop_detail(reason: StopReason, trials: int) -> str:
+    """What ``tuning.stop_detail`` says when no rule gave a detail of its own."""
+    budget = "the budget's one trial ran" if trials == 1 else f"all {trials} trials of the budget ran"
+    return {StopReason.MAX_EVALS: budget,
+            StopReason.GRID_DONE: f"every one of the grid's {trials} points ran",
+            StopReason.INTERRUPTED: "interrupted",
+            StopReason.TRACKING: "the tracking server stayed away"}.get(reason, "")
+
+
 def _rank(result: TrialResult) -> tuple[float, int]:
     """Lower is better; a tie goes to the earlier trial."""
     return result.loss, result.number  # type: ignore[return-value]

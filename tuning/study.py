@@ -32,7 +32,7 @@ from tuning.recipe import Recipe
 from tuning.retention import KeepModels, ModelKeeper
 from tuning.settings import ALGORITHMS, GRID, StudyConfig, spark_cluster, stop_rules, worker_limits
 from tuning.spark import Cluster
-from tuning.stopping import StopReason, StopRules
+from tuning.stopping import StopReason, StopRules, stop_detail
 from tuning.study_run import StudyResult, StudyRun, open_study
 from tuning.tpe import TPE
 from tuning.tracking import Tracker
@@ -114,6 +114,7 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
                             recipe.template.filename)
     if config.algo == GRID:
         Grid(recipe.template, distributions)  # a continuous marker fails here, before any run
+    rules = dataclasses.replace(config.stop)  # the study's own copy: its clock starts now
     session, own_session = None, False
     if config.cluster is not None:
         spark.check_store(tracker.uri)
@@ -128,7 +129,8 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
     past = opened.past
     if isinstance(suggest, Grid):
         suggest.proposed = past.proposals
-    ledger = _Ledger(config, tracker, opened.run_id, past.results, callbacks)
+    rules.objective = config.objective  # a resumed study's, as it was started
+    ledger = _Ledger(config, rules, tracker, opened.run_id, past.results, callbacks)
     reporter: Reporter = (RichReporter(config.max_evals or 0, done=len(past.results), best=ledger.best(),
                                        objective=config.objective) if config.progress else SilentReporter())
     setup = TrialSetup(tracker, experiment_id, opened.run_id, recipe, data, config.trial, reporter,
@@ -145,12 +147,13 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
             reason = StopReason.GRID_DONE
         return StudyResult(tracker.uri, experiment_id, experiment, opened.run_id, config.seed,
                            tuple(ledger.results), distributions, reason,
-                           ledger.rules.detail or _stop_detail(reason, len(ledger.results)), config.objective)
+                           ledger.rules.detail or stop_detail(reason, len(ledger.results)), config.objective)
 
     logging.getLogger("hyperopt").setLevel(logging.WARNING)
     space = {name: d.to_hyperopt(name) for name, d in distributions.items()}
     with ExitStack() as stack:
         study_run = stack.enter_context(StudyRun(tracker, opened.run_id, conclude, opened.lease))
+        signals.check()  # a stop requested while the study started, that Python dropped
         executor = stack.enter_context(_executor(setup, config, ledger.pruning, session, own_session))
         stack.enter_context(reporter if isinstance(reporter, RichReporter) else nullcontext())
         run_trials(space, suggest, trials, config.max_evals or 0, rng, executor, list(distributions),
@@ -162,10 +165,10 @@ class _Ledger:
     """The study's results as they arrive, and what learns from each: the stop rules, the
     pruner, the model keeper and the caller's callbacks."""
 
-    def __init__(self, config: StudyConfig, tracker: Tracker, study_run_id: str,
+    def __init__(self, config: StudyConfig, rules: StopRules, tracker: Tracker, study_run_id: str,
                  past: list[TrialResult], callbacks: Sequence[Callable[[TrialResult], None]]):
         self.results = list(past)
-        self.rules = dataclasses.replace(config.stop)  # its clock starts with the trials
+        self.rules = rules
         self.keeper = ModelKeeper(config.keep_models, tracker, past)
         self.callbacks = callbacks
         self.pruning = Pruning(config.pruner) if config.pruner else None
@@ -238,11 +241,3 @@ def _search(recipe: Recipe, distributions: dict[str, Distribution],
         # The same proposals as hyperopt's for the same seed, at a cost that barely grows.
         return TPE(**getattr(suggest, "keywords", {})), config
     return suggest, config
-
-
-def _stop_detail(reason: StopReason, trials: int) -> str:
-    budget = "the budget's one trial ran" if trials == 1 else f"all {trials} trials of the budget ran"
-    return {StopReason.MAX_EVALS: budget,
-            StopReason.GRID_DONE: f"every one of the grid's {trials} points ran",
-            StopReason.INTERRUPTED: "interrupted",
-            StopReason.TRACKING: "the tracking server stayed away"}.get(reason, "")

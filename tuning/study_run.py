@@ -135,10 +135,9 @@ def open_study(tracker: Tracker, experiment_id: str, recipe: Recipe, config: Stu
         params["fraction"] = config.fraction
     if config.cluster is not None:
         params["parallelism"] = config.cluster.parallelism
-    run_id = start_study_run(tracker, experiment_id, recipe, distributions, params)
-    lease = Lease(tracker, run_id)
-    tracker.log(run_id, tags=lease.tags)  # who holds it: a --resume elsewhere meanwhile refuses
-    return Opened(run_id, config, history.History([], 0, ()), lease)
+    lease = Lease(tracker)  # who holds it, on the run from its start: a --resume elsewhere refuses
+    run_id = start_study_run(tracker, experiment_id, recipe, distributions, params, lease.tags)
+    return Opened(run_id, config, history.History([], 0, ()), lease.of(run_id))
 
 
 def start_study_run(tracker: Tracker, experiment_id: str, recipe: Recipe,

@@ -118,6 +118,14 @@ class Tracker:
             self.client = MlflowClient(self.uri)
         self.patience = Patience(self.uri, patience)
 
+    @classmethod
+    def reader(cls, tracking_uri: str | None = None) -> Tracker:
+        """A Tracker for questions about studies (best, report, load): the store is checked
+        now, so a wrong URI fails at once instead of after ``--patience`` of retries."""
+        tracker = cls(tracking_uri)
+        tracker.check()
+        return tracker
+
     def check(self) -> None:
         """Fail fast, with the fix, when the store cannot be reached."""
         parsed = urllib.parse.urlparse(self.uri)
@@ -171,7 +179,7 @@ class Tracker:
         chosen_id, chosen_name = (None, None) if given else user_experiment()
         if chosen_id and self.uri == mlflow.get_tracking_uri():  # an id means nothing elsewhere
             try:
-                experiment = self.client.get_experiment(chosen_id)
+                experiment = self.patience.call(self.client.get_experiment, chosen_id)
             except MlflowException:
                 raise TrackingError(f"MLFLOW_EXPERIMENT_ID / mlflow.set_experiment chose experiment "
                                     f"id {chosen_id}, which {self.uri} does not have") from None
