@@ -490,7 +490,8 @@ def run_tuning(job: Job, recipe: Any, data: tuple[Any, ...], clock: Clock) -> li
     import tuning
     import tuning.study
     from tuning.keras_callback import EpochLog
-    from tuning.tracking import MetricSender, Tracker
+    from tuning.sender import MetricSender
+    from tuning.tracking import Tracker
 
     clock.wrap(Tracker, "start_run", "start_run")
     clock.wrap(Tracker, "log", "params")  # params+tags at the start, loss and test metrics at the end

@@ -40,11 +40,12 @@ from tuning.mutation import MUTABLE, explore, is_real, mutable
 from tuning.patience import DEFAULT_PATIENCE
 from tuning.progress import RichReporter, SilentReporter
 from tuning.recipe import Recipe
+from tuning.sender import MetricSender
 from tuning.settings import StudyConfig
 from tuning.stopping import StopReason, stop_detail
 from tuning.study_run import StudyResult, StudyRun, start_study_run
 from tuning.template import assigned
-from tuning.tracking import LOSS_METRIC, STRATEGY_TAG, MetricSender, Tracker
+from tuning.tracking import LOSS_METRIC, STRATEGY_TAG, Tracker
 from tuning.trial import (
     Reporter,
     TrialResult,

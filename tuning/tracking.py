@@ -2,8 +2,8 @@
 
 Run ids are passed explicitly; nothing here touches MLflow's fluent active-run stack,
 so trials in parallel threads or processes cannot mix up their runs. Per-epoch metrics
-go through :class:`MetricSender`, a background thread, so that ``fit`` never waits on
-the network.
+go through :class:`tuning.sender.MetricSender`, a background thread, so that ``fit`` never
+waits on the network.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import queue
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -33,9 +31,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from tuning.errors import TrackingError
 from tuning.fluent import default_uri, quiet_downloads, resolve_uri, user_experiment, using_uri
 from tuning.patience import DEFAULT_PATIENCE, Patience
+from tuning.sender import MetricSender
 from tuning.signature import keras_requirements, signature
 
-SEND_INTERVAL = 1.0  # seconds over which per-epoch metrics are gathered into one request
 KIND_TAG = "tuning.kind"  # "study" or "trial": how queries tell our runs apart
 STRATEGY_TAG = "tuning.strategy"  # "pbt" on population based training studies, else absent
 LOSS_METRIC = "hyperopt_loss"  # the value handed to hyperopt, minimised
@@ -391,58 +389,3 @@ class Tracker:
         if found is None:
             raise TrackingError(f"the model {uri} was not logged by a run")
         return found
-
-
-class MetricSender:
-    """Sends one run's metrics from a background thread, in batches.
-
-    ``send`` only puts the values on a queue (microseconds), so training never waits
-    on the tracking server, even while it is away; ``close`` delivers what is left.
-    """
-
-    def __init__(self, tracker: Tracker, run_id: str):
-        self._tracker = tracker
-        self._run_id = run_id
-        self._queue: queue.Queue[list[Metric] | None] = queue.Queue()
-        self._error: Exception | None = None
-        self._thread = threading.Thread(target=self._work, name=f"metrics-{run_id[:8]}", daemon=True)
-        self._thread.start()
-
-    def send(self, metrics: Mapping[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        self._queue.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if isinstance(self._error, TrackingError):
-            raise self._error
-        if self._error is not None:
-            raise TrackingError(f"could not log metrics of run {self._run_id}: {self._error}")
-
-    def _work(self) -> None:
-        done = False
-        while not done:
-            batch = self._queue.get()
-            if batch is None:
-                break
-            # Gather what arrives within SEND_INTERVAL: short epochs make fewer, larger
-            # requests (each costs the server CPU that training on the same host would
-            # otherwise have), and a metric is still on the server a second after its epoch.
-            deadline = time.monotonic() + SEND_INTERVAL
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    more = self._queue.get(timeout=left)
-                except queue.Empty:
-                    break
-                if more is None:
-                    done = True
-                    break
-                batch.extend(more)
-            try:
-                for i in range(0, len(batch), 1000):  # MLflow's limit per batch
-                    self._tracker.patience.call(self._tracker.client.log_batch, self._run_id,
-                                                metrics=batch[i:i + 1000])
-            except Exception as error:  # noqa: BLE001 - reported by close() in the trial's thread
-                self._error = error
-

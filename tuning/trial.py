@@ -33,6 +33,7 @@ from tuning.keras_callback import EpochLog, recording
 from tuning.objective import Objective
 from tuning.pruners import Curve, Pruning
 from tuning.recipe import Recipe
+from tuning.sender import MetricSender
 from tuning.template import assigned
 from tuning.tracking import (
     INTERRUPTED_TAG,
@@ -40,7 +41,6 @@ from tuning.tracking import (
     MODEL_ERROR_TAG,
     OWN_LOSS_TAG,
     RETRY_TAG,
-    MetricSender,
     Tracker,
 )
 
