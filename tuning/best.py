@@ -25,6 +25,7 @@ __all__ = [  # the rest is this package's own
 ]
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_MODEL_URIS = ("runs:/", "models:/")  # loadable as they are
 CHAMPION = "champion"  # the alias ``--register`` moves to the newest best model
 
 
@@ -37,7 +38,10 @@ def best_runs(experiment: str, top: int = 1, tracking_uri: str | None = None,
         for run in tuning.best_runs("digits_cnn", top=3):
             print(run.info.run_id, run.data.metrics["hyperopt_loss"], run.data.params)
     """
-    tracker = Tracker.reader(tracking_uri)
+    return _best_runs(Tracker.reader(tracking_uri), experiment, top, study_run_id)
+
+
+def _best_runs(tracker: Tracker, experiment: str, top: int, study_run_id: str | None = None) -> list[Run]:
     found = find_experiment(tracker, experiment)
     query = f"tags.`{KIND_TAG}` = 'trial' and attributes.status = 'FINISHED'"
     if study_run_id:
@@ -76,15 +80,19 @@ def find_experiment(tracker: Tracker, name: str) -> Experiment:
 
 def model_uri(which: str, tracking_uri: str | None = None) -> str:
     """A loadable model URI for an experiment name, a run id, or a ``runs:/``/``models:/`` URI."""
-    if which.startswith(("runs:/", "models:/")):
+    return which if which.startswith(_MODEL_URIS) else _model_uri(Tracker.reader(tracking_uri), which)
+
+
+def _model_uri(tracker: Tracker, which: str) -> str:
+    if which.startswith(_MODEL_URIS):
         return which
     if _RUN_ID.match(which):
         try:
-            Tracker.reader(tracking_uri).run(which)
+            tracker.run(which)
             return f"runs:/{which}/model"
         except MlflowException:
             pass  # not a run id after all: try it as an experiment name
-    return f"runs:/{best_runs(which, 1, tracking_uri)[0].info.run_id}/model"
+    return f"runs:/{_best_runs(tracker, which, 1)[0].info.run_id}/model"
 
 
 def register_best(experiment: str, name: str, tracking_uri: str | None = None,
@@ -100,7 +108,7 @@ def register_best(experiment: str, name: str, tracking_uri: str | None = None,
         model = tuning.load_best("models:/digits@champion")
     """
     tracker = Tracker.reader(tracking_uri)
-    run = best_runs(experiment, 1, tracker.uri)[0]
+    run = _best_runs(tracker, experiment, 1)[0]
     outputs = run.outputs.model_outputs if run.outputs else []
     if not outputs:
         raise NoTrialsError(f"the best trial of {experiment!r} (run {run.info.run_id}) has no "
@@ -132,7 +140,7 @@ def load_best(which: str, tracking_uri: str | None = None,
         import mlflow.keras
 
     tracker = Tracker.reader(tracking_uri)
-    uri = model_uri(which, tracker.uri)
+    uri = _model_uri(tracker, which)
     with using_uri(tracker.uri), quiet_downloads():  # MLflow's loader reads the process-wide URI
         try:
             try:

@@ -42,7 +42,7 @@ from tuning.progress import RichReporter, SilentReporter
 from tuning.recipe import Recipe
 from tuning.sender import MetricSender
 from tuning.settings import StudyConfig
-from tuning.stopping import StopReason, stop_detail
+from tuning.stopping import StopReason, ended_by, stop_detail
 from tuning.study_run import StudyResult, StudyRun, start_study_run
 from tuning.template import assigned
 from tuning.tracking import LOSS_METRIC, STRATEGY_TAG, Tracker
@@ -145,8 +145,7 @@ def _run(recipe: Recipe, config: StudyConfig, plan: _Plan, tracker: Tracker) -> 
                 member.kill()  # stopped with the study, by Ctrl-C or by an error of ours
         if status:
             tracker.log_json(study_run_id, events, "exploits.json")
-        reason = {"KILLED": StopReason.INTERRUPTED, "": StopReason.TRACKING}.get(status,
-                                                                                StopReason.ROUNDS_DONE)
+        reason = ended_by(status, StopReason.ROUNDS_DONE)
         detail = (f"all {plan.rounds} rounds of {epochs} epochs ran; {len(events)} copies"
                   if reason is StopReason.ROUNDS_DONE else stop_detail(reason, len(members)))
         return StudyResult(tracker.uri, experiment_id, experiment, study_run_id, config.seed,

@@ -113,16 +113,16 @@ class StudyConfig:
         keep = KeepModels.parse(pick("KEEP_MODELS", keep_models, "all"))
         drawn = pick("SEED", seed)
         epochs = _max_epochs(max_epochs)
-        objective_ = Objective.create(pick("OBJECTIVE", objective), pick("MODE", mode))
         named = pick("EXPERIMENT", experiment)
         return cls(
             experiment=None if named is None else str(named),
             max_evals=None if budget is None else int(budget), algo=algo,
-            trial=TrialOptions(objective_, int(drawn) if drawn is not None else secrets.randbelow(2**31),
+            trial=TrialOptions(Objective.create(pick("OBJECTIVE", objective), pick("MODE", mode)),
+                               int(drawn) if drawn is not None else secrets.randbelow(2**31),
                                log_model=log_model and keep.best != 0, quiet_fit=progress,
                                max_epochs=epochs),
             fraction=1.0 if fraction is None else float(fraction),
-            stop=dataclasses.replace(stop or StopRules(), objective=objective_),
+            stop=stop or StopRules(),  # the study runs a copy with its objective (tuning.study)
             pruner=pruners.create(prune), cluster=cluster, limits=limits, keep_models=keep,
             progress=progress, resume=resume, force=force,
             explicit=frozenset(k for k, v in given.items() if v is not None))
@@ -143,8 +143,7 @@ class StudyConfig:
         algo = stored["algo"] if stored["algo"] in (*ALGORITHMS, GRID) else self.algo
         objective = Objective.create(stored["objective"], stored["mode"])
         trial = dataclasses.replace(self.trial, seed=int(stored["seed"] or self.seed), objective=objective)
-        return dataclasses.replace(self, algo=algo, trial=trial, fraction=float(stored["fraction"] or 1.0),
-                                   stop=dataclasses.replace(self.stop, objective=objective))
+        return dataclasses.replace(self, algo=algo, trial=trial, fraction=float(stored["fraction"] or 1.0))
 
     @property
     def algo_name(self) -> str:

@@ -10,7 +10,6 @@ kept on the study run as the ``tuning.stop_reason`` tag (and ``tuning.stop_detai
 from __future__ import annotations
 
 import enum
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,9 +66,9 @@ class StopRules:
             if usable and (self._best_at < 0 or _rank(result) < _rank(results[self._best_at])):
                 self._best_at = index
         self._seen = len(results)
-        best = results[self._best_at] if self._best_at >= 0 else None
-        best_loss = best.loss if best is not None and best.loss is not None else math.inf
-        if best is not None and self.target is not None and best_loss <= self.objective.loss(self.target):
+        best = results[self._best_at] if self._best_at >= 0 else None  # usable: its loss is set
+        if (self.target is not None and best is not None
+                and _rank(best)[0] <= self.objective.loss(self.target)):
             return self._stop(StopReason.TARGET, f"{self.objective.metric} reached {self.target:g} "
                                                  f"in trial {best.number}")
         if self.early_stop is not None:
@@ -85,6 +84,12 @@ class StopRules:
     def _stop(self, reason: StopReason, detail: str) -> bool:
         self.reason, self.detail = reason, detail
         return True
+
+
+def ended_by(status: str, otherwise: StopReason) -> StopReason:
+    """Why a study ended, from how its run ends (see :class:`tuning.study_run.StudyRun`):
+    interrupted when KILLED, the store when it went away (no status), else ``otherwise``."""
+    return {"KILLED": StopReason.INTERRUPTED, "": StopReason.TRACKING}.get(status, otherwise)
 
 
 def stop_detail(reason: StopReason, trials: int) -> str:

@@ -32,7 +32,7 @@ from tuning.recipe import Recipe
 from tuning.retention import KeepModels, ModelKeeper
 from tuning.settings import ALGORITHMS, GRID, StudyConfig, spark_cluster, stop_rules, worker_limits
 from tuning.spark import Cluster
-from tuning.stopping import StopReason, StopRules, stop_detail
+from tuning.stopping import StopReason, StopRules, ended_by, stop_detail
 from tuning.study_run import StudyResult, StudyRun, open_study
 from tuning.tpe import TPE
 from tuning.tracking import Tracker
@@ -140,7 +140,7 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
         rng.integers(2**31 - 1)      # one seed per proposal, as fmin does (tuning.loop)
 
     def conclude(status: str) -> StudyResult:
-        reason = {"KILLED": StopReason.INTERRUPTED, "": StopReason.TRACKING}.get(status, StopReason.MAX_EVALS)
+        reason = ended_by(status, StopReason.MAX_EVALS)
         if status == "FINISHED" and ledger.rules.reason is not None:
             reason = ledger.rules.reason
         elif status == "FINISHED" and isinstance(suggest, Grid) and len(ledger.results) >= len(suggest):

@@ -93,8 +93,8 @@ class Reporter(Protocol):
 
 @dataclass(frozen=True)
 class TrialOptions:
-    """How every trial of a study runs. One object: the study hands it as it is to each
-    trial, to a worker process and to a Spark task."""
+    """How every trial of a study runs. One object: the study hands it to each trial, to a
+    worker process and to a Spark task (which turns ``quiet_fit`` on: its logs are no terminal)."""
 
     objective: Objective = Objective()
     seed: int | None = None  # trial N seeds Keras with seed + N
