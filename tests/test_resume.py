@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,9 @@ from mlflow import MlflowClient
 
 import tuning
 from tests.test_cli import TUNING
+from tests.test_retention import IMPROVING
+from tuning import history
+from tuning.tracking import Tracker
 
 # A trial that needs no training. STOP_AT makes the STOP_AT-th call (counted in CALLS_FILE)
 # raise KeyboardInterrupt, as a Ctrl-C in the middle of that trial would. GATE_FILE is a
@@ -106,6 +111,74 @@ def test_interrupt_then_resume_continues_the_same_study(slow_recipe, store, tmp_
 def vals(run) -> str:
     """A trial's raw hyperopt values, as recorded."""
     return run.data.tags["tuning.hyperopt_vals"]
+
+
+def snapshot_path(store: str, study_run_id: str) -> Path:
+    """Where a sqlite store (artifacts beside it) keeps the study's history snapshot."""
+    folder = MlflowClient(store).get_run(study_run_id).info.artifact_uri.removeprefix("file://")
+    return Path(folder, history.SNAPSHOT_FOLDER, history.SNAPSHOT_FILE)
+
+
+def rebuilt_both_ways(store: str, study) -> tuple[history.History, history.History]:
+    """The study's history as --resume reads it: from its snapshot, then (the file gone) run by run."""
+    tracker = Tracker(store)
+    from_snapshot = history.rebuild(tracker, study.info.experiment_id, study.info.run_id, Trials())
+    snapshot_path(store, study.info.run_id).unlink()
+    from_runs = history.rebuild(tracker, study.info.experiment_id, study.info.run_id, Trials())
+    return from_snapshot, from_runs
+
+
+def assert_same_past(one: history.History, other: history.History) -> None:
+    assert one.results == other.results and one.retries == other.retries
+    assert one.proposals == other.proposals
+    assert sorted(one.records, key=lambda r: r.number) == sorted(other.records, key=lambda r: r.number)
+
+
+def test_resume_reads_the_snapshot_and_only_the_runs_newer_than_it(slow_recipe, store, tmp_path, monkeypatch):
+    monkeypatch.setattr(history, "SNAPSHOT_EVERY", 2)
+    monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
+    monkeypatch.setenv("STOP_AT", "5")
+    # Trial 5 starts more than the snapshot's clock margin (1 s) after trial 4: only its run is newer.
+    pause = lambda result: time.sleep(1.5) if result.number == 4 else None  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        tuning.minimize(slow_recipe, max_evals=8, seed=4, tracking_uri=store, progress=False,
+                        callbacks=[pause])
+    (study,), trials = study_runs(store)
+    with gzip.open(snapshot_path(store, study.info.run_id), "rt") as file:
+        stored = json.load(file)  # written as the study ended; the interrupted trial is left to its run
+    assert [r["number"] for r in stored["records"]] == [1, 2, 3, 4]
+    assert stored["records"][0]["raw"] == json.loads(vals(trials[0]))
+
+    from_snapshot, from_runs = rebuilt_both_ways(store, study)
+    assert_same_past(from_snapshot, from_runs)
+    assert from_snapshot.runs_read == 1 and from_runs.runs_read == 5
+    assert [r.number for r in from_snapshot.results] == [1, 2, 3, 4]
+    assert from_snapshot.retries == ((6, trials[4].info.run_id),)  # trial 5 runs again first
+
+
+@pytest.mark.slow
+def test_a_study_killed_after_a_snapshot_resumes_with_what_its_runs_say(write_recipe, store, tmp_path):
+    # Every trial is better than the last, so with best:1 each one deletes its predecessor's
+    # model right after the snapshot that still lists it; the process dies in trial 3's callback.
+    recipe = write_recipe(IMPROVING, extra="INTERRUPT_AT = 0\n")
+    script = (f"import os, signal, tuning, tuning.history\n"
+              f"tuning.history.SNAPSHOT_EVERY = 1\n"
+              f"die = lambda r: os.kill(os.getpid(), signal.SIGKILL) if r.number == 3 else None\n"
+              f"tuning.minimize({str(recipe)!r}, max_evals=6, seed=1, tracking_uri={store!r}, "
+              f"keep_models='best:1', progress=False, callbacks=[die])\n")
+    died = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    client = MlflowClient(store)
+    (study,) = client.search_runs([client.get_experiment_by_name("recipe").experiment_id],
+                                  "tags.`tuning.kind` = 'study'")
+    with gzip.open(snapshot_path(store, study.info.run_id), "rt") as file:
+        stored = {r["number"]: r for r in json.load(file)["records"]}
+    assert sorted(stored) == [1, 2, 3] and stored[2]["model_logged"]  # since deleted by trial 3
+
+    from_snapshot, from_runs = rebuilt_both_ways(store, study)
+    assert_same_past(from_snapshot, from_runs)
+    assert [(r.number, r.model_logged) for r in from_snapshot.results] == [(1, False), (2, False), (3, True)]
 
 
 def test_resume_refuses_a_different_algorithm(slow_recipe, store, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from hyperopt.pyll import scope
 from tuning.objective import Objective
 from tuning.settings import StudyConfig
 from tuning.study import _search
-from tuning.tpe import TPE
+from tuning.tpe import TPE, _mixture_lpdf
 from tuning.trial import TrialOptions
 
 # Every kind of marker a recipe can hold, a conditional branch among them.
@@ -89,3 +89,28 @@ def test_studies_use_it_for_hyperopt_tpe_with_its_settings(algo):
     suggest, _ = _search(None, {}, config)  # type: ignore[arg-type] (no recipe: no grid)
     assert isinstance(suggest, TPE)
     assert suggest.n_startup_jobs == (5 if isinstance(algo, functools.partial) else 20)
+
+
+@pytest.mark.parametrize("log_scale", [False, True], ids=["GMM1_lpdf", "LGMM1_lpdf"])
+@pytest.mark.parametrize("q", [None, 0.5, 4.0])
+@pytest.mark.parametrize("bounded", [False, True])
+def test_mixture_scores_are_hyperopts_bit_for_bit(log_scale, q, bounded):
+    """The in-place twins of hyperopt's mixture densities, on mixtures from 1 to 3,000
+    components, some with sigmas below hyperopt's EPS, 1 or 24 samples."""
+    original = tpe.LGMM1_lpdf if log_scale else tpe.GMM1_lpdf
+    rng = np.random.default_rng(11)
+    for components in (1, 2, 30, 3000):
+        for samples in (1, 24):
+            low, high = (-9.0, -2.0) if log_scale else (8.0, 64.0)
+            mus = rng.uniform(low, high, components)
+            points = np.exp(rng.uniform(low, high, samples)) if log_scale else rng.uniform(low, high, samples)
+            if q is not None:
+                points = np.round(points / q) * q
+            sigmas = rng.uniform(0.01, 10, components) * rng.choice([1e-13, 1.0, 1.0], components)
+            weights = rng.uniform(0, 1, components)
+            weights /= weights.sum()
+            args = (points, weights, mus, sigmas, *((low, high) if bounded else (None, None)), q)
+            with np.errstate(all="ignore"):
+                expected, got = original(*args), _mixture_lpdf(*args, log_scale)
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            assert np.array_equal(got, expected, equal_nan=True), (components, samples)

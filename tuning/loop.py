@@ -67,10 +67,11 @@ class InProcess:
 
 def run_trials(space: dict[str, Any], suggest: Callable[..., Any], trials: Trials, max_evals: int,
                rng: np.random.Generator, executor: Executor, names: list[str],
-               ended: Callable[[TrialResult], bool]) -> None:
+               started: Callable[[int, dict[str, Any]], None], ended: Callable[[TrialResult], bool]) -> None:
     """Run trials until ``max_evals`` are in ``trials``, ``suggest`` has no more, or ``ended``
-    (called with each result) says stop; trials already started finish. Every result goes
-    into its hyperopt document as it arrives, so the next proposal learns from it."""
+    (called with each result) says stop; trials already started finish. ``started`` hears
+    each trial's number and raw hyperopt values as it starts. Every result goes into its
+    hyperopt document as it arrives, so the next proposal learns from it."""
     domain = base.Domain(None, space)  # suggest functions read only the space
     running: dict[int, dict[str, Any]] = {}  # trial number -> its document
     queued = [doc for doc in trials.trials if doc["state"] == base.JOB_STATE_NEW]
@@ -92,7 +93,9 @@ def run_trials(space: dict[str, Any], suggest: Callable[..., Any], trials: Trial
             number = doc["tid"] + 1
             running[number] = doc
             config = base.spec_from_misc(doc["misc"])
-            executor.start(number, *hyperopt_point(domain.expr, domain.memo_from_config(config), names))
+            params, raw = hyperopt_point(domain.expr, domain.memo_from_config(config), names)
+            started(number, raw)
+            executor.start(number, params, raw)
         if not running:
             if unusable:
                 raise RecipeError(unusable)

@@ -65,10 +65,12 @@ class ModelKeeper:
         for result in past:  # a resumed study: the trials that still hold a model
             self._add(result)
 
-    def record(self, result: TrialResult) -> None:
-        """Count ``result``; delete the model of the trial it pushes out of the N best."""
+    def record(self, result: TrialResult) -> list[str]:
+        """Count ``result``; delete the model of the trial it pushes out of the N best. The
+        run ids whose model was deleted."""
+        deleted: list[str] = []
         if not self._add(result):
-            return
+            return deleted
         while len(self._holders) > (self.policy.best or 0):  # more than one after a resume with a smaller N
             loss, number, run_id = self._holders.pop()
             reason = (f"keep_models={self.policy}: only the {self.policy.best} best trials keep "
@@ -77,8 +79,10 @@ class ModelKeeper:
             try:
                 if self.tracker.delete_models(run_id):
                     self.tracker.log(run_id, tags={MODEL_DELETED_TAG: reason})
+                    deleted.append(run_id)
             except TrackingError as error:  # the model stays: disk, not results, is at stake
                 _log.warning("the model of trial %d was kept: %s", number, error)
+        return deleted
 
     def _add(self, result: TrialResult) -> bool:
         if (self.policy.best is None or not result.model_logged or result.loss is None

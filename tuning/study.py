@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from hyperopt import Trials, tpe
 
-from tuning import signals, spark
+from tuning import history, signals, spark
 from tuning.distributions import Distribution
 from tuning.errors import ConfigurationError, TemplateError
 from tuning.grid import Grid
@@ -130,7 +130,11 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
     if isinstance(suggest, Grid):
         suggest.proposed = past.proposals
     rules.objective = config.objective  # a resumed study's, as it was started
-    ledger = _Ledger(config, rules, tracker, opened.run_id, past.results, callbacks)
+    # Spark's executors may run on hosts whose clocks are a little off this one's.
+    snapshot = history.Snapshot(tracker, opened.run_id, past,
+                                str(config.keep_models) if config.trial.log_model else "none",
+                                clock_margin=60.0 if config.cluster is not None else 1.0)
+    ledger = _Ledger(config, rules, tracker, opened.run_id, past.results, snapshot, callbacks)
     reporter: Reporter = (RichReporter(config.max_evals or 0, done=len(past.results), best=ledger.best(),
                                        objective=config.objective) if config.progress else SilentReporter())
     setup = TrialSetup(tracker, experiment_id, opened.run_id, recipe, data, config.trial, reporter,
@@ -152,22 +156,24 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
     logging.getLogger("hyperopt").setLevel(logging.WARNING)
     space = {name: d.to_hyperopt(name) for name, d in distributions.items()}
     with ExitStack() as stack:
-        study_run = stack.enter_context(StudyRun(tracker, opened.run_id, conclude, opened.lease))
+        study_run = stack.enter_context(StudyRun(tracker, opened.run_id, conclude, opened.lease, snapshot))
         signals.check()  # a stop requested while the study started, that Python dropped
         executor = stack.enter_context(_executor(setup, config, ledger.pruning, session, own_session))
         stack.enter_context(reporter if isinstance(reporter, RichReporter) else nullcontext())
         run_trials(space, suggest, trials, config.max_evals or 0, rng, executor, list(distributions),
-                   ledger.ended)
+                   snapshot.started, ledger.ended)
     return study_run.result  # type: ignore[return-value]  # set as the block ends
 
 
 class _Ledger:
     """The study's results as they arrive, and what learns from each: the stop rules, the
-    pruner, the model keeper and the caller's callbacks."""
+    pruner, the model keeper, the history snapshot and the caller's callbacks."""
 
     def __init__(self, config: StudyConfig, rules: StopRules, tracker: Tracker, study_run_id: str,
-                 past: list[TrialResult], callbacks: Sequence[Callable[[TrialResult], None]]):
+                 past: list[TrialResult], snapshot: history.Snapshot,
+                 callbacks: Sequence[Callable[[TrialResult], None]]):
         self.results = list(past)
+        self.snapshot = snapshot
         self.rules = rules
         self.keeper = ModelKeeper(config.keep_models, tracker, past)
         self.callbacks = callbacks
@@ -191,7 +197,9 @@ class _Ledger:
         self.results.append(result)
         if self.pruning is not None and result.status in (TrialStatus.OK, TrialStatus.PRUNED):
             self.pruning.record(result.number, result.curve, complete=result.status is TrialStatus.OK)
-        self.keeper.record(result)
+        self.snapshot.ended(result)
+        for run_id in self.keeper.record(result):
+            self.snapshot.model_deleted(run_id)
         for callback in self.callbacks:
             callback(result)
         # The trial's garbage collected, what outlives it frozen: each collection then walks one

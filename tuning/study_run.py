@@ -68,19 +68,21 @@ class StudyRun:
 
     Inside the block the lease (if any) keeps the run held, and what is alive is frozen out
     of the garbage collector's sight. On the way out ``conclude(status)`` makes the
-    :class:`StudyResult` from what the study holds; ``status`` is ``FINISHED``, ``KILLED``
+    :class:`StudyResult` from what the study holds (and the history ``snapshot``, if any,
+    is written); ``status`` is ``FINISHED``, ``KILLED``
     (Ctrl-C, SIGTERM), ``FAILED`` (an error), or ``""`` when the tracking store itself is
     away, and then nothing more is written (``--resume`` closes the run). The result is
     ``self.result``; a study whose every trial failed ends FAILED.
     """
 
     def __init__(self, tracker: Tracker, run_id: str, conclude: Callable[[str], StudyResult],
-                 lease: Lease | None = None):
+                 lease: Lease | None = None, snapshot: history.Snapshot | None = None):
         self.tracker = tracker
         self.run_id = run_id
         self.result: StudyResult | None = None
         self._conclude = conclude
         self._lease = lease
+        self._snapshot = snapshot
 
     def __enter__(self) -> StudyRun:
         if self._lease is not None:
@@ -100,6 +102,8 @@ class StudyRun:
         if self._lease is not None:
             self._lease.close()
         gc.unfreeze()
+        if status and self._snapshot is not None:
+            self._snapshot.write()
         self.result = self._conclude(status)
         if status:
             _finish(self.tracker, self.result, status)

@@ -70,6 +70,7 @@ class TrialResult:
     curve: Curve = ()  # the objective after each epoch, as a loss (what pruning compares)
     model_logged: bool = False  # whether ``runs:/<run_id>/model`` loads
     own_loss: bool = False  # model() returned its loss itself (a hyperas dict), not the objective
+    retry_of: str | None = None  # the run of the interrupted trial that this one runs again
     # In the process that ran the trial only (see portable()): the exception that failed
     # it, its frames' locals cleared, and what else model()'s result dict held.
     exception: BaseException | None = field(default=None, compare=False, repr=False)
@@ -154,7 +155,8 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
     """Run ``model(*data)`` with ``params`` as one MLflow child run of the study; ``pruning``
     (the study's pruner and the curves known as the trial starts) may stop it between epochs."""
     tracker, options = setup.tracker, setup.options
-    run_id = _start(setup, number, params, raw)
+    retry_of = dict(setup.retries).get(number)
+    run_id = _start(setup, number, params, raw, retry_of)
     sender = tracker.sender(run_id)
     curve: list[float] = []
 
@@ -180,11 +182,11 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
                               len(log.epochs), user.model_id, tags={OWN_LOSS_TAG: "true"} if own else None)
         result = TrialResult(number, run_id, TrialStatus.OK, params, loss,
                              seconds=time.perf_counter() - started, curve=tuple(curve),
-                             model_logged=logged, own_loss=own, extra=extra)
+                             model_logged=logged, own_loss=own, retry_of=retry_of, extra=extra)
     except TrialPruned as pruned:
         _end_pruned(tracker, run_id, sender, pruned)
         result = TrialResult(number, run_id, TrialStatus.PRUNED, params, pruned.loss,
-                             seconds=time.perf_counter() - started, curve=tuple(curve))
+                             seconds=time.perf_counter() - started, curve=tuple(curve), retry_of=retry_of)
     except KeyboardInterrupt:
         _close_quietly(sender)
         tracker.log(run_id, tags={INTERRUPTED_TAG: "true"})  # --resume runs its configuration again
@@ -199,16 +201,17 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
     except Exception as error:  # noqa: BLE001 - the user's code failed: record it, search on
         message = end_failed(tracker, run_id, sender, error)
         result = TrialResult(number, run_id, TrialStatus.FAILED, params, error=message,
-                             seconds=time.perf_counter() - started, exception=_detached(error))
+                             seconds=time.perf_counter() - started, retry_of=retry_of,
+                             exception=_detached(error))
     finally:
         free_models()
     setup.reporter.trial_ended(result)
     return result
 
 
-def _start(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[str, Any]) -> str:
+def _start(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[str, Any],
+           retried: str | None) -> str:
     """The trial's child run, with its values as params and tags (hyperopt's own in a tag)."""
-    retried = dict(setup.retries).get(number)
     run_id = setup.tracker.start_run(setup.experiment_id, f"trial-{number}", "trial", setup.study_run_id,
                                      tags={"tuning.trial": str(number),
                                            "tuning.hyperopt_vals": json.dumps(raw, default=float),
