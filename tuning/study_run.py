@@ -67,12 +67,12 @@ class StudyRun:
     """The study run while the study goes on; ``with`` it, the run ends as the block ends.
 
     Inside the block the lease (if any) keeps the run held, and what is alive is frozen out
-    of the garbage collector's sight. On the way out ``conclude(status)`` makes the
-    :class:`StudyResult` from what the study holds (and the history ``snapshot``, if any,
-    is written); ``status`` is ``FINISHED``, ``KILLED``
-    (Ctrl-C, SIGTERM), ``FAILED`` (an error), or ``""`` when the tracking store itself is
-    away, and then nothing more is written (``--resume`` closes the run). The result is
-    ``self.result``; a study whose every trial failed ends FAILED.
+    of the garbage collector's sight. On the way out the history ``snapshot`` (if any) is
+    written and ``conclude(status)`` makes the :class:`StudyResult` from what the study
+    holds; ``status`` is ``FINISHED``, ``KILLED`` (Ctrl-C, SIGTERM), ``FAILED`` (an error),
+    or ``""`` when the tracking store itself is away, and then nothing more is written
+    (``--resume`` closes the run). The result is ``self.result``; a study whose every trial
+    failed ends FAILED.
     """
 
     def __init__(self, tracker: Tracker, run_id: str, conclude: Callable[[str], StudyResult],
