@@ -181,6 +181,37 @@ def test_a_study_killed_after_a_snapshot_resumes_with_what_its_runs_say(write_re
     assert [(r.number, r.model_logged) for r in from_snapshot.results] == [(1, False), (2, False), (3, True)]
 
 
+@pytest.mark.slow
+def test_a_rerun_that_its_time_limit_stops_stays_a_rerun(slow_recipe, store, tmp_path, monkeypatch):
+    # The isolated worker stops the rerun of the interrupted trial 3; its own result says
+    # which run it reran, so the snapshot agrees with the runs that trial 3 had its rerun.
+    monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
+    monkeypatch.setenv("STOP_AT", "3")
+    with pytest.raises(KeyboardInterrupt):
+        tuning.minimize(slow_recipe, max_evals=5, seed=4, tracking_uri=store, progress=False)
+    monkeypatch.delenv("STOP_AT")
+    monkeypatch.setenv("GATE_FILE", str(tmp_path / "never-opened"))
+    monkeypatch.setenv("HOLD_AT", "4")  # the rerun waits until its limit stops it
+
+    def stop_after_the_rerun(result: tuning.TrialResult) -> None:
+        if result.number == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tuning.minimize(slow_recipe, max_evals=5, tracking_uri=store, progress=False, resume=True,
+                        trial_timeout=3, callbacks=[stop_after_the_rerun])
+    (study,), trials = study_runs(store)
+    assert [r.info.status for r in trials] == ["FINISHED", "FINISHED", "KILLED", "KILLED"]
+    assert trials[3].data.tags["tuning.error"].startswith("time limit")
+    assert trials[3].data.tags["tuning.retry_of"] == trials[2].info.run_id
+
+    from_snapshot, from_runs = rebuilt_both_ways(store, study)
+    assert_same_past(from_snapshot, from_runs)
+    (rerun,) = [r for r in from_snapshot.records if r.number == 4]
+    assert rerun.retry_of == trials[2].info.run_id and from_snapshot.runs_read == 0
+    assert from_snapshot.proposals == 3 and not from_snapshot.retries  # nothing is left to rerun
+
+
 def test_resume_refuses_a_different_algorithm(slow_recipe, store, tmp_path, monkeypatch):
     monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
     monkeypatch.setenv("STOP_AT", "2")

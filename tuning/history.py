@@ -41,6 +41,8 @@ from tuning.tracking import (
 from tuning.trial import TrialResult, TrialStatus
 
 _STATUS = {"FINISHED": TrialStatus.OK, "FAILED": TrialStatus.FAILED, "KILLED": TrialStatus.KILLED}
+# The status a trial's run ends with (killed: stopped by a limit; pruned: tagged so as well)
+_RUN_STATUS = {status: name for name, status in _STATUS.items()} | {TrialStatus.PRUNED: "KILLED"}
 SNAPSHOT_FOLDER, SNAPSHOT_FILE = "history", "trials.json.gz"  # on the study run
 SNAPSHOT_EVERY = 1000  # trials between two snapshots (a study that dies loses at most these to a slow read)
 _FORMAT = 1
@@ -86,9 +88,7 @@ class Record:
     @classmethod
     def of_result(cls, result: TrialResult, raw: dict[str, Any]) -> Record:
         """What the run of ``result`` holds once it ended (a trial interrupted has no result)."""
-        status = {TrialStatus.OK: "FINISHED", TrialStatus.FAILED: "FAILED", TrialStatus.PRUNED: "KILLED",
-                  TrialStatus.KILLED: "KILLED"}  # (killed: stopped by a limit)
-        return cls(result.run_id, result.number, status[result.status],
+        return cls(result.run_id, result.number, _RUN_STATUS[result.status],
                    json.loads(json.dumps(raw, default=float)),  # as the run's tag holds them
                    {k: format_value(v) for k, v in result.params.items()}, result.loss, result.error,
                    result.retry_of, pruned=result.status is TrialStatus.PRUNED,
@@ -235,8 +235,6 @@ class Snapshot:
             self.unseen.append(start)  # Spark ran it again: the lost attempt's run is in the store
         if not result.run_id:  # it never had a run
             return
-        if result.retry_of is None and rerun is not None:  # (a result made for a run that a worker left)
-            result = dataclasses.replace(result, retry_of=rerun)
         self.records[result.run_id] = Record.of_result(result, raw)
         self.unwritten += 1
         if self.unwritten >= SNAPSHOT_EVERY:
@@ -266,16 +264,16 @@ class Snapshot:
 
 
 def end_orphans(tracker: Tracker, experiment_id: str, study_run_id: str, reason: str,
-                status: str = "KILLED", number: int | None = None) -> list[str]:
+                status: str = "KILLED", number: int | None = None) -> list[Run]:
     """End the trial runs of a study still RUNNING (of trial ``number`` only, if given),
-    whose Spark tasks were cancelled or died; their ids."""
+    whose Spark tasks were cancelled or died; those runs, as they were read."""
     condition = "attributes.status = 'RUNNING'"
     if number is not None:
         condition += f" and tags.`tuning.trial` = '{number}'"
     runs = list(tracker.trial_runs(experiment_id, study_run_id, condition))
     for run in runs:
         _end(tracker, run.info.run_id, reason, status)
-    return [run.info.run_id for run in runs]
+    return runs
 
 
 def _end(tracker: Tracker, run_id: str, reason: str, status: str = "KILLED") -> None:

@@ -37,6 +37,7 @@ from tuning.errors import ConfigurationError, TrackingError, TuningError
 from tuning.loop import ExecutorUnusable
 from tuning.progress import SilentReporter
 from tuning.pruners import Pruning
+from tuning.tracking import RETRY_TAG
 from tuning.trial import TrialResult, TrialSetup, TrialStatus, run_trial
 from tuning.worker import TrialSpec
 
@@ -157,7 +158,10 @@ class SparkExecutor:
         setup = self.setup
         ended = history.end_orphans(setup.tracker, setup.experiment_id, setup.study_run_id,
                                     result.error or "", "FAILED", result.number)
-        return replace(result, run_id=ended[0]) if ended else result
+        if not ended:
+            return result
+        # The run a Spark retry left says itself which run it reran (the driver never saw it).
+        return replace(result, run_id=ended[0].info.run_id, retry_of=ended[0].data.tags.get(RETRY_TAG))
 
     def start(self, number: int, params: dict[str, Any], raw: dict[str, Any]) -> None:
         task = functools.partial(_trial_task, self.spec, self.pruning, number, params, raw)
@@ -214,7 +218,7 @@ def _trial_task(spec: TrialSpec, pruning: Pruning | None, number: int, params: d
         # interrupted, and this one reruns it (so --resume does not run it a third time).
         lost = history.end_orphans(setup.tracker, setup.experiment_id, setup.study_run_id,
                                    "its Spark executor was lost; Spark ran the trial again", "KILLED", number)
-        retries += tuple((number, run_id) for run_id in lost[:1])
+        retries += tuple((number, run.info.run_id) for run in lost[:1])
     yield run_trial(replace(setup, retries=retries), number, params, raw, pruning).portable()
 
 

@@ -67,12 +67,12 @@ class StudyRun:
     """The study run while the study goes on; ``with`` it, the run ends as the block ends.
 
     Inside the block the lease (if any) keeps the run held, and what is alive is frozen out
-    of the garbage collector's sight. On the way out the history ``snapshot`` (if any) is
-    written and ``conclude(status)`` makes the :class:`StudyResult` from what the study
-    holds; ``status`` is ``FINISHED``, ``KILLED`` (Ctrl-C, SIGTERM), ``FAILED`` (an error),
-    or ``""`` when the tracking store itself is away, and then nothing more is written
-    (``--resume`` closes the run). The result is ``self.result``; a study whose every trial
-    failed ends FAILED.
+    of the garbage collector's sight. On the way out ``conclude(status)`` makes the
+    :class:`StudyResult` from what the study holds, and the history ``snapshot`` (if any)
+    is written unless the study finished; ``status`` is ``FINISHED``, ``KILLED`` (Ctrl-C,
+    SIGTERM), ``FAILED`` (an error), or ``""`` when the tracking store itself is away, and
+    then nothing more is written (``--resume`` closes the run). The result is
+    ``self.result``; a study whose every trial failed ends FAILED.
     """
 
     def __init__(self, tracker: Tracker, run_id: str, conclude: Callable[[str], StudyResult],
@@ -102,9 +102,10 @@ class StudyRun:
         if self._lease is not None:
             self._lease.close()
         gc.unfreeze()
-        if status and self._snapshot is not None:
-            self._snapshot.write()
         self.result = self._conclude(status)
+        finished = status == "FINISHED" and self.result.best is not None  # (else it ends FAILED)
+        if self._snapshot is not None and status and not finished:
+            self._snapshot.write()  # for --resume, which continues only a study that did not finish
         if status:
             _finish(self.tracker, self.result, status)
 

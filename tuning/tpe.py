@@ -308,17 +308,19 @@ def _mixture_lpdf(samples: Any, weights: Any, mus: Any, sigmas: Any, low: Any, h
     samples, weights, mus, sigmas = map(np.asarray, (samples, weights, mus, sigmas))
     if samples.size == 0:  # what each of hyperopt's two returns for no samples
         return np.zeros(samples.shape) if log_scale else np.asarray([])
-    shape, samples = samples.shape, samples.flatten()
+    rval = _flat_mixture_lpdf(samples.flatten(), weights, mus, sigmas, low, high, q, log_scale)
+    rval.shape = samples.shape
+    return rval
+
+
+def _flat_mixture_lpdf(samples: np.ndarray, weights: np.ndarray, mus: np.ndarray, sigmas: np.ndarray,
+                       low: Any, high: Any, q: Any, log_scale: bool) -> np.ndarray:
     if q is None and log_scale:  # (LGMM1_lpdf computes p_accept here, and leaves it unused)
-        rval = _lognormal_mixture(samples, weights, mus, sigmas)
-        rval.shape = shape
-        return rval
+        return _lognormal_mixture(samples, weights, mus, sigmas)
     p_accept = (1 if low is None and high is None
                 else np.sum(weights * (normal_cdf(high, mus, sigmas) - normal_cdf(low, mus, sigmas))))
     if q is None:
-        rval = _normal_mixture(samples, weights, mus, sigmas, p_accept)
-        rval.shape = shape
-        return rval
+        return _normal_mixture(samples, weights, mus, sigmas, p_accept)
     if high is None:
         ubound = samples + q / 2
     else:
@@ -330,9 +332,7 @@ def _mixture_lpdf(samples: Any, weights: Any, mus: Any, sigmas: Any, low: Any, h
     if log_scale:
         lbound = np.maximum(0, lbound)
     prob = _quantized_mass(samples, weights, mus, sigmas, lbound, ubound, log_scale)
-    rval = np.log(prob) - np.log(p_accept)
-    rval.shape = shape
-    return rval
+    return np.log(prob) - np.log(p_accept)
 
 
 # hyperopt's node name -> its twin's
