@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from hyperopt import STATUS_FAIL, STATUS_OK, Trials, base, fmin, hp, space_eval, tpe
 from hyperopt.pyll import scope
+from scipy.special import erf
 
 from tuning.objective import Objective
 from tuning.settings import StudyConfig
 from tuning.study import _search
-from tuning.tpe import TPE, _mixture_lpdf
+from tuning.tpe import _ERF_IS_ONE, TPE, _mixture_lpdf
 from tuning.trial import TrialOptions
 
 # Every kind of marker a recipe can hold, a conditional branch among them.
@@ -114,3 +115,9 @@ def test_mixture_scores_are_hyperopts_bit_for_bit(log_scale, q, bounded):
                 expected, got = original(*args), _mixture_lpdf(*args, log_scale)
             assert got.dtype == expected.dtype and got.shape == expected.shape
             assert np.array_equal(got, expected, equal_nan=True), (components, samples)
+
+
+def test_erf_is_plus_or_minus_one_wherever_the_twins_skip_it():
+    """The twins leave erf uncomputed for |z| >= _ERF_IS_ONE, as exactly ±1: scipy's erf must agree."""
+    far = np.concatenate([np.linspace(_ERF_IS_ONE, 60, 2_000_001), np.geomspace(60, 1e308, 10_001), [np.inf]])
+    assert np.all(erf(far) == 1.0) and np.all(erf(-far) == -1.0)
