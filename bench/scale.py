@@ -135,7 +135,7 @@ def optuna_params(trial: Any) -> dict[str, Any]:
 class Job:
     """What a worker process is told to do."""
 
-    kind: str  # "study", "resume" or "disk"
+    kind: str  # "study", "resume", "extend" or "disk"
     arm: str
     size: int  # trials (for "resume": the trials the study already has)
     uri: str
@@ -160,6 +160,9 @@ def main() -> None:
                         help="seconds per study; an arm that runs out is not run at larger sizes")
     parser.add_argument("--disk-trials", type=int, default=1000)
     parser.add_argument("--skip-disk", action="store_true")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="tuning on sqlite, sizes over 1,000: the drift measured again in this many "
+                             "pairs of blocks run back to back (0: none)")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,7 +187,8 @@ def main() -> None:
                     if (arm, store) in ran_out:
                         row["error"] = f"skipped: ran out of time at {ran_out[arm, store]} trials"
                         continue
-                    row.update(measure(arm, store, size, recipe, folder, args.timeout, progress_fd))
+                    row.update(measure(arm, store, size, recipe, folder, args.timeout, progress_fd,
+                                       args.pairs))
                     if row.get("trials", size) < size:
                         ran_out[arm, store] = size
                     if args.json:  # as it goes: a run of hours keeps what it measured if stopped
@@ -202,8 +206,9 @@ def main() -> None:
 
 
 def measure(arm: str, store: str, size: int, recipe: Path, folder: Path, timeout: float,
-            progress_fd: int) -> dict[str, Any]:
-    """One study in a fresh process on a fresh store, then its resume in another."""
+            progress_fd: int, pairs: int = 0) -> dict[str, Any]:
+    """One study in a fresh process on a fresh store, then its resume in another (and, for
+    tuning on sqlite at sizes over 1,000, ``pairs`` of drift blocks)."""
     work = folder / f"{arm}-{store}-{size}"
     work.mkdir()
     with fresh_store(store, work) as (uri, data, server_cpu):
@@ -223,7 +228,32 @@ def measure(arm: str, store: str, size: int, recipe: Path, folder: Path, timeout
             resumed = run_worker(Job("resume", arm, result["trials"], uri, str(recipe), timeout,
                                      str(folder / f"{work.name}-resume.json"), progress_fd), work)
             result["resume"] = resumed.get("error") or resumed
+            if arm == "tuning" and store == "sqlite" and size > 1000 and "error" not in resumed:
+                result["pairs"] = measure_pairs(pairs, result["trials"] + 1, uri, recipe, work, progress_fd)
     return result
+
+
+def measure_pairs(pairs: int, trials: int, uri: str, recipe: Path, work: Path,
+                  progress_fd: int) -> list[dict[str, float]]:
+    """The drift again, in blocks run back to back so that both sides of each ratio see the
+    machine in the same state (this machine's speed wanders by ±20 % over minutes, which the
+    deciles of one long study cannot tell from growth): trials 21-120 of a new study on a new
+    store, then 100 more trials of the big study, resumed (its first trial, which carries
+    the resume, left out). Median CPU ms per trial of each block."""
+    measured = []
+    for pair in range(pairs):
+        early_work = work.parent / f"{work.name}-early{pair}"
+        early_work.mkdir()
+        early = run_worker(Job("study", "tuning", STARTUP + 100, f"sqlite:///{early_work}/mlflow.db",
+                               str(recipe), math.inf, str(early_work.parent / f"{early_work.name}.json"),
+                               progress_fd), early_work)
+        late = run_worker(Job("extend", "tuning", trials, uri, str(recipe), math.inf,
+                              str(work.parent / f"{work.name}-late{pair}.json"), progress_fd), work)
+        if "error" in early or "error" in late:
+            break
+        trials += late["trials"]
+        measured.append({"early_ms": ms(early["cpu"][STARTUP:]), "late_ms": ms(late["cpu"][1:])})
+    return measured
 
 
 def measure_disk(keep: str, trials: int, recipe: Path, folder: Path, progress_fd: int) -> dict[str, Any]:
@@ -397,6 +427,16 @@ def goals(rows: list[dict[str, Any]], disk: list[dict[str, Any]]) -> list[str]:
         suggest = big["suggest_deciles_ms"][9]
         out.append(line(f"suggestion ≤ {GOALS['suggest_ms']:.0f} ms at 10,000 trials, {store}: "
                         f"{suggest:.1f} ms (median, last decile)", suggest <= GOALS["suggest_ms"], size))
+        pairs = big.get("pairs") or []
+        if pairs:  # judged on the blocks run back to back; the deciles are shown
+            ratios = [p["late_ms"] / p["early_ms"] for p in pairs]
+            each = ", ".join(f"{p['late_ms']:.1f} ÷ {p['early_ms']:.1f} = {p['late_ms'] / p['early_ms']:.2f}"
+                             for p in pairs)
+            drift = statistics.median(ratios)
+            out.append(line(f"CPU per trial ≤ {GOALS['drift']}× from trial 100 to 10,000, {store}, in pairs "
+                            f"of blocks run back to back (trials past {big['trials']:,} ÷ trials "
+                            f"{STARTUP + 1}–{STARTUP + 100} of a new study, ms): {each}; median {drift:.2f}",
+                            drift <= GOALS["drift"], size))
         for kind in ("cpu", "wall"):
             last, early = big[f"{kind}_deciles_ms"][9], big[f"{kind}_early_ms"]
             text = (f"{kind.replace('cpu', 'CPU')} per trial ≤ {GOALS['drift']}× from trial 100 to 10,000, "
@@ -405,7 +445,10 @@ def goals(rows: list[dict[str, Any]], disk: list[dict[str, Any]]) -> list[str]:
             if small is not None and small is not big:  # the other reading, shown, not judged
                 text += (f" (÷ the 100-trial run's median of trials {STARTUP + 1}–100, "
                          f"{small[f'{kind}_tpe_ms']:.1f} ms: {last / small[f'{kind}_tpe_ms']:.2f})")
-            out.append(line(text, last / early <= GOALS["drift"], size))
+            if pairs:
+                out.append(f"- {text} (minutes apart: shown, not judged)")
+            else:
+                out.append(line(text, last / early <= GOALS["drift"], size))
         if isinstance(big["resume"], dict):
             seconds = big["resume"]["resume_s"]
             out.append(line(f"resume of 10,000 trials ≤ {GOALS['resume_s']:.0f} s, {store}: {seconds:.2f} s "
@@ -500,8 +543,6 @@ def _worker(spec: Path) -> None:
 
 
 def study_tuning(job: Job) -> dict[str, Any]:
-    from mlflow import MlflowClient
-
     import tuning
     from tuning.tpe import TPE
 
@@ -510,10 +551,8 @@ def study_tuning(job: Job) -> dict[str, Any]:
                             progress=False, timeout=job.timeout, algo=ticker.timed(TPE()),
                             callbacks=[ticker.tick])
     assert not study.failed, study.failed[0].error
-    result = ticker.result()
-    # Leave the study unfinished, as a crash or Ctrl-C does, so that --resume continues it.
-    MlflowClient(job.uri).update_run(study.run_id, "KILLED")
-    return result
+    unfinish(job.uri, study.run_id)
+    return ticker.result()
 
 
 def resume_tuning(job: Job) -> dict[str, Any]:
@@ -536,10 +575,31 @@ def resume_tuning(job: Job) -> dict[str, Any]:
 
     tuning.history.rebuild = timed_rebuild  # the study calls it as history.rebuild
     started = time.perf_counter()
-    tuning.minimize(job.recipe, max_evals=job.size + 1, seed=SEED, tracking_uri=job.uri,
-                    progress=False, resume=True, algo=ticker.timed(TPE()))
+    study = tuning.minimize(job.recipe, max_evals=job.size + 1, seed=SEED, tracking_uri=job.uri,
+                            progress=False, resume=True, algo=ticker.timed(TPE()))
     assert past == [job.size], (past, job.size)
+    unfinish(job.uri, study.run_id)
     return {"resume_s": ticker.first_proposal - started, "rebuild_s": rebuilt[0], "past_trials": past[0]}
+
+
+def extend_tuning(job: Job) -> dict[str, Any]:
+    """100 more trials of the study, resumed; per trial as in a study."""
+    import tuning
+    from tuning.tpe import TPE
+
+    ticker = Ticker(job)
+    study = tuning.minimize(job.recipe, max_evals=job.size + 100, seed=SEED, tracking_uri=job.uri,
+                            progress=False, resume=True, algo=ticker.timed(TPE()), callbacks=[ticker.tick])
+    assert not study.failed and len(ticker.cpu) == 100, (len(study.failed), len(ticker.cpu))
+    unfinish(job.uri, study.run_id)
+    return ticker.result()
+
+
+def unfinish(uri: str, run_id: str) -> None:
+    """Leave the study unfinished, as a crash or Ctrl-C does, so that --resume continues it."""
+    from mlflow import MlflowClient
+
+    MlflowClient(uri).update_run(run_id, "KILLED")
 
 
 def study_optuna(job: Job) -> dict[str, Any]:
@@ -611,6 +671,7 @@ def disk_tuning(job: Job) -> dict[str, Any]:
 
 WORKERS: dict[tuple[str, str], Callable[[Job], dict[str, Any]]] = {
     ("study", "tuning"): study_tuning, ("resume", "tuning"): resume_tuning,
+    ("extend", "tuning"): extend_tuning,
     ("study", "optuna"): study_optuna, ("study", "mlflow-optuna"): study_optuna,
     ("resume", "mlflow-optuna"): resume_mlflow_optuna, ("disk", "tuning"): disk_tuning}
 
