@@ -13,7 +13,7 @@ from scipy.special import erf
 from tuning.objective import Objective
 from tuning.settings import StudyConfig
 from tuning.study import _search
-from tuning.tpe import _ERF_IS_ONE, TPE, _mixture_lpdf
+from tuning.tpe import _ERF_IS_ONE, TPE, _best_losses, _mixture_lpdf
 from tuning.trial import TrialOptions
 
 # Every kind of marker a recipe can hold, a conditional branch among them.
@@ -121,3 +121,15 @@ def test_erf_is_plus_or_minus_one_wherever_the_twins_skip_it():
     """The twins leave erf uncomputed for |z| >= _ERF_IS_ONE, as exactly ±1: scipy's erf must agree."""
     far = np.concatenate([np.linspace(_ERF_IS_ONE, 60, 2_000_001), np.geomspace(60, 1e308, 10_001), [np.inf]])
     assert np.all(erf(far) == 1.0) and np.all(erf(-far) == -1.0)
+
+
+def test_the_best_losses_are_the_ones_argsort_picks():
+    """The split's set of best losses, partitioned rather than sorted when no tie crosses the cut."""
+    rng = np.random.default_rng(3)
+    for losses in (rng.uniform(-1, 0, 60), rng.integers(0, 4, 60).astype(float),
+                   np.where(rng.uniform(size=60) < 0.3, np.inf, rng.uniform(size=60)),
+                   np.where(rng.uniform(size=60) < 0.3, np.nan, rng.integers(0, 9, 60))):
+        for n_below in range(len(losses) + 1):
+            expected = np.zeros(len(losses), dtype=bool)
+            expected[np.argsort(losses)[:n_below]] = True
+            assert np.array_equal(_best_losses(losses.copy(), n_below), expected), (losses, n_below)
