@@ -22,9 +22,13 @@ started for it on 127.0.0.1):
 Per trial: wall and process CPU time from the end of the previous trial to the end of this
 one (the suggestion, the tracking and the loss), and the suggestion alone. Per run: disk
 per trial, the server's CPU per trial (server store), and the time until a resumed study
-proposes its next trial. Then, with ``--disk-trials``, the digits disk check of
-``keep_models="best:5"`` against ``"all"``. A markdown report goes to stdout, progress to
-stderr.
+proposes its next trial. For tuning on sqlite above 1,000 trials, the drift is measured
+again ``--pairs`` times with both sides running at once: the big study, resumed, and a new
+one take turns trial by trial, so that each ratio compares trials measured within
+milliseconds of each other (the goal is judged on these; this machine's speed wanders by
+±20 % over minutes, as much as the growth measured). Then, with ``--disk-trials``, the
+digits disk check of ``keep_models="best:5"`` against ``"all"``. A markdown report goes to
+stdout, progress to stderr.
 """
 
 from __future__ import annotations

@@ -13,7 +13,16 @@ from scipy.special import erf
 from tuning.objective import Objective
 from tuning.settings import StudyConfig
 from tuning.study import _search
-from tuning.tpe import _ERF_IS_ONE, TPE, _best_losses, _mixture_lpdf
+from tuning.tpe import (
+    _ERF_IS_ONE,
+    TPE,
+    _best_losses,
+    _mixture_lpdf,
+    _order_extended,
+    _Sorted,
+    tuning_adaptive_parzen_normal,
+    tuning_log,
+)
 from tuning.trial import TrialOptions
 
 # Every kind of marker a recipe can hold, a conditional branch among them.
@@ -133,3 +142,32 @@ def test_the_best_losses_are_the_ones_argsort_picks():
             expected = np.zeros(len(losses), dtype=bool)
             expected[np.argsort(losses)[:n_below]] = True
             assert np.array_equal(_best_losses(losses.copy(), n_below), expected), (losses, n_below)
+
+
+def test_observations_carry_their_order_while_no_two_are_equal():
+    algo, trials = TPE(), Trials()
+    fmin(loss, SPACE, algo=algo, max_evals=60, trials=trials, rstate=np.random.default_rng(7),
+         show_progressbar=False)
+    _, _, _, vals = algo._observations.read(trials)
+    for label in ("dropout", "noise", "momentum"):  # continuous: every value distinct
+        assert np.array_equal(vals[label].order, np.argsort(np.asarray(vals[label])))
+    for label in ("units", "activation"):  # values repeat: numpy's own sort decides among equals
+        assert getattr(vals[label], "order", None) is None
+    logs = tuning_log(vals["lr"])  # what a loguniform parameter's estimator is given
+    assert np.array_equal(logs, np.log(np.asarray(vals["lr"])))
+    assert np.array_equal(logs.order, np.argsort(np.asarray(logs)))
+
+
+@pytest.mark.parametrize("distinct", [True, False], ids=["distinct", "repeated"])
+def test_the_parzen_estimator_is_hyperopts_with_or_without_an_order_carried(distinct):
+    rng = np.random.default_rng(5)
+    for size in (0, 1, 2, 25, 26, 2000):
+        mus = rng.uniform(-3, 3, size) if distinct else rng.integers(0, 5, size).astype(float)
+        order = np.zeros(0, np.intp)
+        for known in range(size):  # as observations arrive, one a proposal
+            order = _order_extended(order, mus[:known + 1], known)
+        assert order is not None if distinct else (order is None or size < 25)
+        got = tuning_adaptive_parzen_normal(_Sorted.of(mus, order), 1.0, 0.0, 6.0)
+        expected = tpe.adaptive_parzen_normal(mus, 1.0, 0.0, 6.0)
+        for ours, theirs in zip(got, expected, strict=True):
+            assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), size

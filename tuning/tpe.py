@@ -126,6 +126,8 @@ class _Observations:
         self.losses = np.asarray([])
         self.idxs = {label: np.asarray([]) for label in self.labels}
         self.vals = {label: np.asarray([]) for label in self.labels}
+        # per label, the order of its values while they are all distinct (see _Sorted)
+        self.orders: dict[str, np.ndarray | None] = {label: np.zeros(0, np.intp) for label in self.labels}
         self.open: dict[int, dict[str, Any]] = {}  # position -> its document, while its loss may change
 
     def read(self, trials: base.Trials) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
@@ -151,10 +153,13 @@ class _Observations:
             self.tids = _extend(self.tids, [doc["tid"] for doc in fresh])
             self.losses = _extend(self.losses, [_loss(doc) for doc in fresh])
             for label in self.labels:
+                known = len(self.vals[label])
                 for column, key in ((self.idxs, "idxs"), (self.vals, "vals")):
                     column[label] = _extend(column[label], [x for d in fresh for x in d["misc"][key][label]])
+                self.orders[label] = _order_extended(self.orders[label], self.vals[label], known)
             self.read_docs, self.last_doc = len(docs), docs[-1]
-        return self.tids, self.losses, dict(self.idxs), dict(self.vals)
+        return self.tids, self.losses, dict(self.idxs), {
+            label: _Sorted.of(values, self.orders[label]) for label, values in self.vals.items()}
 
 
 def _extend(array: np.ndarray, items: list[Any]) -> np.ndarray:
@@ -162,6 +167,39 @@ def _extend(array: np.ndarray, items: list[Any]) -> np.ndarray:
     if not items:
         return array
     return np.asarray(items) if array.size == 0 else np.concatenate([array, np.asarray(items)])
+
+
+class _Sorted(np.ndarray):
+    """Values that carry the permutation sorting them (``order``), while no two are equal:
+    then it is the one permutation ``np.argsort`` can return. Arrays made from one (a slice,
+    ``np.log`` of it) carry none."""
+
+    order: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+        if order is None:
+            return values
+        carrier = values.view(cls)
+        carrier.order = order
+        return carrier
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.order = None
+
+
+def _order_extended(order: np.ndarray | None, values: np.ndarray, known: int) -> np.ndarray | None:
+    """The order of ``values`` from that of its first ``known`` ones (None: two are equal,
+    and stay so). A trial or two arrive per call: inserting them costs a few passes over
+    the array, where sorting it anew (hyperopt's ``argsort`` per parameter per proposal)
+    was 0.4-0.7 ms at 10,000 trials."""
+    if order is None or values.dtype.kind != "f":
+        return None
+    new = np.arange(known, len(values))
+    new = new[np.argsort(values[new])]
+    order = np.insert(order, np.searchsorted(values[order], values[new]), new)
+    ascending = values[order]
+    return order if np.all(ascending[1:] > ascending[:-1]) else None  # (NaN compares unequal: None)
 
 
 def _read_all(docs: list[dict[str, Any]], labels: list[str]) -> tuple[
@@ -192,15 +230,19 @@ def _loss(doc: dict[str, Any]) -> float:
 @scope.define_info(o_len=2)
 def tuning_ap_split_trials(o_idxs: Any, o_vals: Any, l_idxs: Any, l_vals: Any, gamma: float,
                            gamma_cap: int = DEFAULT_LF) -> tuple[np.ndarray, np.ndarray]:
-    """``tpe.ap_split_trials`` with masks and ``np.isin`` for its per-observation set tests."""
+    """``tpe.ap_split_trials`` with masks and ``np.isin`` for its per-observation set tests;
+    the values above carry their order when the observations do (see :class:`_Sorted`)."""
+    order = getattr(o_vals, "order", None)
     o_idxs, o_vals, l_idxs = map(np.asarray, [o_idxs, o_vals, l_idxs])
     n_below = min(int(np.ceil(gamma * np.sqrt(len(l_vals)))), gamma_cap)
     is_below = _best_losses(l_vals, n_below)
     if np.array_equal(o_idxs, l_idxs):  # every trial has this parameter (trial ids are unique)
-        below, above = o_vals[is_below], o_vals[~is_below]
+        in_below, in_above = is_below, ~is_below
     else:
-        below = o_vals[np.isin(o_idxs, l_idxs[is_below])]
-        above = o_vals[np.isin(o_idxs, l_idxs[~is_below])]
+        in_below, in_above = np.isin(o_idxs, l_idxs[is_below]), np.isin(o_idxs, l_idxs[~is_below])
+    below, above = o_vals[in_below], o_vals[in_above]
+    if order is not None and above.size:  # each observation above, in order, by its place among them
+        above = _Sorted.of(above, (np.cumsum(in_above) - 1)[order[in_above[order]]])
     # hyperopt builds these from Python lists: an empty one is float64 whatever the values were.
     return (below if below.size else np.asarray([])), (above if above.size else np.asarray([]))
 
@@ -224,6 +266,52 @@ def _best_losses(losses: Any, n_below: int) -> np.ndarray:
             best[np.argsort(values)[:n_below]] = True
         _last_best = losses, n_below, best
     return _last_best[2]
+
+
+@scope.define_info(o_len=3)
+def tuning_adaptive_parzen_normal(mus: Any, prior_weight: float, prior_mu: float, prior_sigma: float,
+                                  LF: int = DEFAULT_LF) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: N803
+    """``tpe.adaptive_parzen_normal``, taking the order of ``mus`` from them when they carry
+    it (:class:`_Sorted`) instead of sorting them again; the same operations from there on."""
+    order = getattr(mus, "order", None)
+    mus = np.array(mus)
+    if order is None or len(mus) < 2:
+        return hyperopt_tpe.adaptive_parzen_normal(mus, prior_weight, prior_mu, prior_sigma, LF)
+    prior_pos = int(np.searchsorted(mus[order], prior_mu))  # the prior among the sorted mus
+    srtd_mus = np.zeros(len(mus) + 1)
+    srtd_mus[:prior_pos] = mus[order[:prior_pos]]
+    srtd_mus[prior_pos] = prior_mu
+    srtd_mus[prior_pos + 1:] = mus[order[prior_pos:]]
+    sigma = np.zeros_like(srtd_mus)
+    sigma[1:-1] = np.maximum(srtd_mus[1:-1] - srtd_mus[0:-2], srtd_mus[2:] - srtd_mus[1:-1])
+    sigma[0] = srtd_mus[1] - srtd_mus[0]
+    sigma[-1] = srtd_mus[-1] - srtd_mus[-2]
+    if LF and LF < len(mus):
+        unsrtd_weights = hyperopt_tpe.linear_forgetting_weights(len(mus), LF)
+        srtd_weights = np.zeros_like(srtd_mus)
+        srtd_weights[:prior_pos] = unsrtd_weights[order[:prior_pos]]
+        srtd_weights[prior_pos + 1:] = unsrtd_weights[order[prior_pos:]]
+    else:
+        srtd_weights = np.ones(len(srtd_mus))
+    srtd_weights[prior_pos] = prior_weight
+    # hyperopt's "magic formula"
+    sigma = np.clip(sigma, prior_sigma / min(100.0, (1.0 + len(srtd_mus))), prior_sigma)
+    sigma[prior_pos] = prior_sigma
+    srtd_weights /= srtd_weights.sum()
+    return srtd_weights, srtd_mus, sigma
+
+
+@scope.define
+def tuning_log(values: Any) -> Any:
+    """pyll's ``log`` (``np.log``); the log of observations that carry their order carries it
+    too, as long as no two logs are equal (a loguniform parameter's observations)."""
+    logs = np.log(values)
+    order = getattr(values, "order", None)
+    if order is not None:
+        ascending = logs[order]
+        if np.all(ascending[1:] > ascending[:-1]):
+            return _Sorted.of(np.asarray(logs), order)
+    return logs
 
 
 def _logsum_rows(scores: np.ndarray) -> np.ndarray:
@@ -364,5 +452,6 @@ def _flat_mixture_lpdf(samples: np.ndarray, weights: np.ndarray, mus: np.ndarray
 
 # hyperopt's node name -> its twin's
 _FAST = {"ap_split_trials": tuning_ap_split_trials.__name__,
+         "adaptive_parzen_normal": tuning_adaptive_parzen_normal.__name__, "log": tuning_log.__name__,
          **{f.__name__: _fast_lpdf(f, log).__name__
             for f, log in ((hyperopt_tpe.GMM1_lpdf, False), (hyperopt_tpe.LGMM1_lpdf, True))}}
