@@ -17,7 +17,13 @@ same posterior graph, the same random draws, the same floating-point sums), but
   order (adding mixture components one after another with ``cumsum`` where hyperopt loops
   over them), so the scores are bit for bit hyperopt's; but in place, in one or two buffers
   per call: at 10,000 trials hyperopt's own spend most of their time allocating
-  (24 candidates × 10,000 components, 2 MB per temporary array, a dozen per call).
+  (24 candidates × 10,000 components, 2 MB per temporary array, a dozen per call);
+* keeps, per parameter whose observed values are all distinct, their sorted order as trials
+  arrive, and hands it through the split (and the log of a loguniform parameter) to
+  ``adaptive_parzen_normal``, which would otherwise sort them again for each proposal: for
+  distinct values the sorted order is the one permutation ``argsort`` can return. Values
+  that repeat (quantized, choices) are sorted by numpy, whose order among equals the weights
+  depend on.
 
 Example::
 
