@@ -69,17 +69,23 @@ def slow_recipe(tmp_path: Path) -> Path:
     return path
 
 
+def interrupt_in_call(at: int, recipe: Path, store: str, tmp_path: Path, monkeypatch, **options) -> None:
+    """A study whose model raises KeyboardInterrupt in its ``at``-th call, as a Ctrl-C there
+    would (calls after it run on: STOP_AT is unset again)."""
+    monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
+    monkeypatch.setenv("STOP_AT", str(at))
+    with pytest.raises(KeyboardInterrupt):
+        tuning.minimize(recipe, tracking_uri=store, progress=False, **options)
+    monkeypatch.delenv("STOP_AT")
+
+
 @pytest.mark.slow
 def test_interrupt_then_resume_continues_the_same_study(slow_recipe, store, tmp_path, monkeypatch):
-    monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
-    monkeypatch.setenv("STOP_AT", "3")
-    with pytest.raises(KeyboardInterrupt):
-        tuning.minimize(slow_recipe, max_evals=5, seed=4, tracking_uri=store, progress=False)
+    interrupt_in_call(3, slow_recipe, store, tmp_path, monkeypatch, max_evals=5, seed=4)
     (study,), trials = study_runs(store)
     assert study.info.status == "KILLED"
     assert [r.info.status for r in trials] == ["FINISHED", "FINISHED", "KILLED"]
 
-    monkeypatch.delenv("STOP_AT")
     hyperopt_trials = Trials()
     result = tuning.minimize(slow_recipe, max_evals=6, tracking_uri=store, progress=False,
                              resume=True, trials=hyperopt_trials)
@@ -136,13 +142,9 @@ def assert_same_past(one: history.History, other: history.History) -> None:
 
 def test_resume_reads_the_snapshot_and_only_the_runs_newer_than_it(slow_recipe, store, tmp_path, monkeypatch):
     monkeypatch.setattr(history, "SNAPSHOT_EVERY", 2)
-    monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
-    monkeypatch.setenv("STOP_AT", "5")
     # Trial 5 starts more than the snapshot's clock margin (1 s) after trial 4: only its run is newer.
     pause = lambda result: time.sleep(1.5) if result.number == 4 else None  # noqa: E731
-    with pytest.raises(KeyboardInterrupt):
-        tuning.minimize(slow_recipe, max_evals=8, seed=4, tracking_uri=store, progress=False,
-                        callbacks=[pause])
+    interrupt_in_call(5, slow_recipe, store, tmp_path, monkeypatch, max_evals=8, seed=4, callbacks=[pause])
     (study,), trials = study_runs(store)
     with gzip.open(snapshot_path(store, study.info.run_id), "rt") as file:
         stored = json.load(file)  # written as the study ended; the interrupted trial is left to its run
@@ -185,11 +187,7 @@ def test_a_study_killed_after_a_snapshot_resumes_with_what_its_runs_say(write_re
 def test_a_rerun_that_its_time_limit_stops_stays_a_rerun(slow_recipe, store, tmp_path, monkeypatch):
     # The isolated worker stops the rerun of the interrupted trial 3; its own result says
     # which run it reran, so the snapshot agrees with the runs that trial 3 had its rerun.
-    monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
-    monkeypatch.setenv("STOP_AT", "3")
-    with pytest.raises(KeyboardInterrupt):
-        tuning.minimize(slow_recipe, max_evals=5, seed=4, tracking_uri=store, progress=False)
-    monkeypatch.delenv("STOP_AT")
+    interrupt_in_call(3, slow_recipe, store, tmp_path, monkeypatch, max_evals=5, seed=4)
     monkeypatch.setenv("GATE_FILE", str(tmp_path / "never-opened"))
     monkeypatch.setenv("HOLD_AT", "4")  # the rerun waits until its limit stops it
 
@@ -213,10 +211,7 @@ def test_a_rerun_that_its_time_limit_stops_stays_a_rerun(slow_recipe, store, tmp
 
 
 def test_resume_refuses_a_different_algorithm(slow_recipe, store, tmp_path, monkeypatch):
-    monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
-    monkeypatch.setenv("STOP_AT", "2")
-    with pytest.raises(KeyboardInterrupt):
-        tuning.minimize(slow_recipe, max_evals=3, algo="tpe", tracking_uri=store, progress=False)
+    interrupt_in_call(2, slow_recipe, store, tmp_path, monkeypatch, max_evals=3, algo="tpe")
     with pytest.raises(tuning.ConfigurationError, match="was run with algo=tpe; leave out --algo"):
         tuning.minimize(slow_recipe, max_evals=3, algo="rand", tracking_uri=store, progress=False,
                         resume=True)
@@ -333,11 +328,7 @@ def test_a_study_still_running_is_not_resumed_beside_itself(slow_recipe, store, 
 
 @pytest.mark.slow
 def test_force_takes_over_a_lease_whose_holder_is_gone(slow_recipe, store, tmp_path, monkeypatch):
-    monkeypatch.setenv("CALLS_FILE", str(tmp_path / "calls.txt"))
-    monkeypatch.setenv("STOP_AT", "2")
-    with pytest.raises(KeyboardInterrupt):
-        tuning.minimize(slow_recipe, max_evals=3, tracking_uri=store, progress=False)
-    monkeypatch.delenv("STOP_AT")
+    interrupt_in_call(2, slow_recipe, store, tmp_path, monkeypatch, max_evals=3)
     (study,), _ = study_runs(store)
     client = MlflowClient(store)  # as a host that went down with the study would have left it
     client.update_run(study.info.run_id, status="RUNNING")
