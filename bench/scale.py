@@ -214,7 +214,7 @@ def main() -> None:
 def measure(arm: str, store: str, size: int, recipe: Path, folder: Path, timeout: float,
             progress_fd: int, pairs: int = 0) -> dict[str, Any]:
     """One study in a fresh process on a fresh store, then its resume in another (and, for
-    tuning on sqlite at sizes over 1,000, ``pairs`` of drift blocks)."""
+    tuning on sqlite at sizes over 1,000, the drift measured ``pairs`` times: measure_pairs)."""
     work = folder / f"{arm}-{store}-{size}"
     work.mkdir()
     with fresh_store(store, work) as (uri, data, server_cpu):
@@ -584,8 +584,9 @@ def study_tuning(job: Job) -> dict[str, Any]:
                             progress=False, timeout=job.timeout, algo=ticker.timed(TPE()),
                             callbacks=[ticker.tick])
     assert not study.failed, study.failed[0].error
+    result = ticker.result()
     unfinish(job.uri, study.run_id)
-    return ticker.result()
+    return result
 
 
 def resume_tuning(job: Job) -> dict[str, Any]:
@@ -624,8 +625,9 @@ def extend_tuning(job: Job) -> dict[str, Any]:
     study = tuning.minimize(job.recipe, max_evals=job.size + job.more, seed=SEED, tracking_uri=job.uri,
                             progress=False, resume=True, algo=ticker.timed(TPE()), callbacks=[ticker.tick])
     assert not study.failed and len(ticker.cpu) == job.more, (len(study.failed), len(ticker.cpu))
+    result = ticker.result()
     unfinish(job.uri, study.run_id)
-    return ticker.result()
+    return result
 
 
 def unfinish(uri: str, run_id: str) -> None:
