@@ -121,6 +121,10 @@ class TrialSetup:
     def __post_init__(self) -> None:
         self.test = self.recipe.test_data(self.data)
 
+    def retry_of(self, number: int) -> str | None:
+        """The run of the interrupted trial that trial ``number`` runs again, if it does."""
+        return dict(self.retries).get(number)
+
 
 def hyperopt_point(expr: Any, memo: dict[Any, Any], names: Iterable[str]
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -155,7 +159,7 @@ def run_trial(setup: TrialSetup, number: int, params: dict[str, Any], raw: dict[
     """Run ``model(*data)`` with ``params`` as one MLflow child run of the study; ``pruning``
     (the study's pruner and the curves known as the trial starts) may stop it between epochs."""
     tracker, options = setup.tracker, setup.options
-    retry_of = dict(setup.retries).get(number)
+    retry_of = setup.retry_of(number)
     run_id = _start(setup, number, params, raw, retry_of)
     sender = tracker.sender(run_id)
     curve: list[float] = []

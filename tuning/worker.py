@@ -189,7 +189,7 @@ class IsolatedRunner:
             tracker.end_run(run_id, status)
         result = TrialResult(number, run_id or "",
                              TrialStatus.KILLED if status == "KILLED" else TrialStatus.FAILED,
-                             params, error=reason, retry_of=dict(self._setup.retries).get(number))
+                             params, error=reason, retry_of=self._setup.retry_of(number))
         self._setup.reporter.trial_ended(result)
         return result
 
