@@ -103,8 +103,7 @@ class StudyRun:
             self._lease.close()
         gc.unfreeze()
         self.result = self._conclude(status)
-        finished = status == "FINISHED" and self.result.best is not None  # (else it ends FAILED)
-        if self._snapshot is not None and status and not finished:
+        if self._snapshot is not None and status and _ending(self.result, status) != "FINISHED":
             self._snapshot.write()  # for --resume, which continues only a study that did not finish
         if status:
             _finish(self.tracker, self.result, status)
@@ -168,8 +167,13 @@ def recipe_key(recipe: Recipe) -> str:
     return name if name.startswith("<") else str(Path(name).resolve())
 
 
+def _ending(result: StudyResult, status: str) -> str:
+    """The status the study run ends with: one that finished without a usable trial ends FAILED."""
+    return "FAILED" if status == "FINISHED" and result.best is None else status
+
+
 def _finish(tracker: Tracker, result: StudyResult, status: str) -> None:
-    best = result.best
+    best, ending = result.best, _ending(result, status)
     summary: dict[str, float] = {"trials_ok": len(result.trials) - len(result.failed) - len(result.pruned),
                                  "trials_failed": len(result.failed), "trials_pruned": len(result.pruned)}
     tags: dict[str, Any] = {}
@@ -177,12 +181,11 @@ def _finish(tracker: Tracker, result: StudyResult, status: str) -> None:
         summary[f"best_{LOSS_METRIC}"] = best.loss  # type: ignore[assignment]
         tags = {"tuning.best_run_id": best.run_id, "tuning.best_trial": best.number,
                 **{f"best.{k}": v for k, v in best.params.items()}}
-    elif status == "FINISHED":
-        status = "FAILED"
+    elif ending != status:  # it finished, and every trial failed
         tags["tuning.error"] = f"all {len(result.trials)} trials failed"
     tags.update({"tuning.stop_reason": result.stop_reason, "tuning.stop_detail": result.stop_detail})
     tracker.log(result.run_id, metrics=summary, tags=tags)
-    if status != "KILLED":  # whoever pressed Ctrl-C waits for no plots; a resumed study draws them
+    if ending != "KILLED":  # whoever pressed Ctrl-C waits for no plots; a resumed study draws them
         from tuning.report import attach_report  # never raises: a plot must not fail a search
 
         try:
@@ -193,7 +196,7 @@ def _finish(tracker: Tracker, result: StudyResult, status: str) -> None:
                                              "tuning.stop_detail": "interrupted while drawing the report"})
             tracker.end_run(result.run_id, "KILLED")
             raise
-    tracker.end_run(result.run_id, status)
+    tracker.end_run(result.run_id, ending)
 
 
 def _describe(recipe: Recipe, distributions: dict[str, Distribution]) -> dict[str, Any]:
