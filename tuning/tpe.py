@@ -204,8 +204,12 @@ def _order_extended(order: np.ndarray | None, values: np.ndarray, known: int) ->
     new = np.arange(known, len(values))
     new = new[np.argsort(values[new])]
     order = np.insert(order, np.searchsorted(values[order], values[new]), new)
-    ascending = values[order]
-    return order if np.all(ascending[1:] > ascending[:-1]) else None  # (NaN compares unequal: None)
+    return order if _strictly_increasing(values[order]) else None
+
+
+def _strictly_increasing(values: np.ndarray) -> bool:
+    """No two equal, each above the last (NaN compares unequal: False)."""
+    return bool(np.all(values[1:] > values[:-1]))
 
 
 def _read_all(docs: list[dict[str, Any]], labels: list[str]) -> tuple[
@@ -313,10 +317,8 @@ def tuning_log(values: Any) -> Any:
     too, as long as no two logs are equal (a loguniform parameter's observations)."""
     logs = np.log(values)
     order = getattr(values, "order", None)
-    if order is not None:
-        ascending = logs[order]
-        if np.all(ascending[1:] > ascending[:-1]):
-            return _Sorted.of(np.asarray(logs), order)
+    if order is not None and _strictly_increasing(logs[order]):
+        return _Sorted.of(np.asarray(logs), order)
     return logs
 
 
