@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 import mlflow
 import mlflow.keras
+import numpy as np
 import pytest
 from hyperas.distributions import choice  # noqa: F401 - as hyperas scripts do, for linters
 from hyperopt import STATUS_OK, Trials, rand, tpe
@@ -18,7 +19,10 @@ from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 
 import tuning
+from tests.user_metrics import agreement
 from tuning import optim
+from tuning.errors import RecipeError
+from tuning.recipe import Recipe
 
 HYPERAS_SCRIPT = Path(__file__).parent / "data" / "hyperas_script.py"
 
@@ -118,6 +122,113 @@ def test_names_data_defines_are_globals_of_the_model_and_an_unreturned_model_is_
     runs = client.search_runs([client.get_experiment_by_name("test_optim").experiment_id],
                               "tags.`tuning.kind` = 'trial'")
     assert len(runs) == 2 and all(r.outputs.model_outputs for r in runs)
+
+
+def split_data():
+    x = np.arange(50.0)
+    trainX, testX, trainY, testY = x[:40], x[40:], -x[:40], -x[40:]  # noqa: N806 - as scripts name them
+    return trainX, testX, trainY, testY, "kept for the script's own use"
+
+
+def named_in_another_order(trainX, testX, testY, trainY):  # noqa: N803
+    assert (len(trainX), len(trainY), len(testX), len(testY)) == (40, 40, 10, 10)
+    assert (trainY == -trainX).all() and (testY == -testX).all()
+    loss = {{choice([1.0, 2.0])}}
+    return {"loss": loss, "status": STATUS_OK}
+
+
+def without_parameters():
+    assert (trainY == -trainX).all() and len(testX) == 10  # noqa: F821 - data()'s, as in hyperas
+    loss = {{choice([1.0, 2.0])}}
+    return {"loss": loss, "status": STATUS_OK}
+
+
+@pytest.mark.parametrize("model", [named_in_another_order, without_parameters])
+def test_the_model_takes_datas_variables_by_name_as_in_hyperas(tmp_path, model):
+    """hyperas runs data()'s body above the model's and drops both signatures: scripts return
+    more than model() takes, list the names in another order, or take no parameters."""
+    best_run, _ = optim.minimize(model=model, data=split_data, algo=rand.suggest, max_evals=2,
+                                 trials=Trials(), verbose=False)
+    assert best_run == {"loss": 0}
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("test_optim").experiment_id],
+                              "tags.`tuning.kind` = 'trial'")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def returns_an_expression():
+    x_train = np.zeros(4)
+    return x_train, x_train + 1  # the second value is no variable of data()'s
+
+
+def takes_positions(x_train, x_test):
+    return {"loss": {{choice([1.0])}}, "status": STATUS_OK}
+
+
+def test_values_data_returns_in_the_parameters_order_go_by_position():
+    x_train, x_test = Recipe.from_functions(takes_positions, returns_an_expression).load_data()
+    assert (x_train == 0).all() and (x_test == 1).all()
+
+    with pytest.raises(RecipeError, match=r"data\(\) returned 3 item\(s\), but takes_positions\(x_train, "
+                                          r"x_test\) takes them.*name the parameters after data"):
+        Recipe.from_functions(takes_positions, lambda: (1, 2, 3)).load_data()
+
+
+def with_a_metric_of_the_users_module(x_train, y_train, x_test, y_test):
+    net = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense({{choice([8])}}),
+                            keras.layers.Dense(10, activation="softmax")])
+    net.compile(optimizer="adam", loss="categorical_crossentropy", metrics=[agreement])
+    net.fit(x_train[:200], y_train[:200], epochs=1, verbose=0)
+    return {"loss": -net.evaluate(x_test, y_test, verbose=0)[1], "status": STATUS_OK, "model": net}
+
+
+def test_the_best_model_reloads_with_a_metric_imported_from_the_users_own_module():
+    _, best_model = optim.minimize(model=with_a_metric_of_the_users_module, data=data, algo=rand.suggest,
+                                   max_evals=1, trials=Trials(), verbose=False)
+    assert best_model.layers[0].units == 8
+    _, _, x_test, y_test = data()
+    assert "agreement" in best_model.evaluate(x_test, y_test, verbose=0, return_dict=True)
+
+
+MODULE_LEVEL_SEARCH = """
+from pathlib import Path
+
+from hyperopt import STATUS_OK, Trials, tpe
+
+from tuning import optim
+
+
+def data():
+    return [1, 2], [3]
+
+
+def model(x_train, x_test):
+    return {"loss": {{choice([1.0, 2.0])}}, "status": STATUS_OK}
+
+
+best_run, best_model = optim.minimize(model=model, data=data, algo=tpe.suggest, max_evals=3,
+                                      trials=Trials())
+Path("after_the_search.txt").write_text(str(best_run))
+"""
+
+
+def test_a_script_that_searches_at_module_level_runs_only_the_search_asked_for(tmp_path):
+    """No ``if __name__ == "__main__":`` (a notebook saved as a script): loading the file for
+    ``tuning run`` stops where its own search would start."""
+    from click.testing import CliRunner
+
+    from tuning.cli import main
+
+    script = tmp_path / "searches.py"
+    script.write_text(MODULE_LEVEL_SEARCH)
+    store = f"sqlite:///{tmp_path / 'asked.db'}"
+    result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, "--max-evals", "2"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("searches").experiment_id])
+    assert sorted(r.data.tags.get("tuning.kind") for r in runs) == ["study", "trial", "trial"]
+    assert not (tmp_path / "after_the_search.txt").exists()
+    assert not (tmp_path / "mlflow.db").exists()  # the script's own search would have used it
 
 
 def always_fails(x_train, y_train, x_test, y_test):

@@ -16,7 +16,7 @@ from tuning.errors import NoTrialsError, TrackingError
 from tuning.fluent import quiet_downloads, using_uri
 from tuning.objective import Objective
 from tuning.quiet import tensorflow_start_up
-from tuning.recipe import own_objects, run_file
+from tuning.recipe import custom_objects, run_file
 from tuning.template import Template
 from tuning.tracking import KIND_TAG, LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker
 
@@ -155,7 +155,7 @@ def load_best(which: str, tracking_uri: str | None = None,
 
 
 def _recipe_objects(tracker: Tracker, uri: str) -> dict[str, Any]:
-    """The functions and classes of the recipe file that the model's study recorded."""
+    """The functions and classes that the recipe file the model's study recorded defines or imports."""
     try:
         run = tracker.run(tracker.model_source_run(uri))
         study = tracker.run(run.data.tags[MLFLOW_PARENT_RUN_ID]).data.tags
@@ -164,4 +164,4 @@ def _recipe_objects(tracker: Tracker, uri: str) -> dict[str, Any]:
         return {}
     if not Path(path).is_file():
         return {}
-    return own_objects(run_file(Template.from_file(path, function)))
+    return custom_objects(run_file(Template.from_file(path, function)))

@@ -20,8 +20,10 @@ constant       meaning                               default
 from __future__ import annotations
 
 import builtins
+import contextvars
 import importlib.machinery
 import inspect
+import itertools
 import sys
 import traceback
 import types
@@ -36,6 +38,15 @@ from tuning.template import PARAM_FUNCTION, Template, param_value
 
 DEFAULT_NAMES = ("EXPERIMENT", "MAX_EVALS", "ALGO", "SEED", "OBJECTIVE", "MODE")
 MODULE_NAME = "__tuning_recipe__"  # a recipe file's __name__: its __main__ part does not run
+_KERAS_PACKAGES = ("keras", "tensorflow", "tf_keras", "builtins")  # objects Keras finds itself
+_LOADING = contextvars.ContextVar("tuning_recipe_loading", default=False)
+
+
+class _SearchAtModuleLevel(BaseException):
+    """Raised where a recipe file being loaded starts a search of its own (a script whose
+    ``optim.minimize(...)`` has no ``if __name__ == "__main__":`` guard): the file's
+    functions are all there by then. A BaseException, so the script's ``except Exception``
+    does not swallow it."""
 
 
 @dataclass
@@ -75,6 +86,7 @@ class Recipe:
     @classmethod
     def from_file(cls, path: str | Path) -> Recipe:
         """Compile and execute a recipe file; it must define ``data()`` and ``model(...)``."""
+        _not_while_loading()
         return cls.from_template(Template.from_file(path))
 
     @classmethod
@@ -97,6 +109,7 @@ class Recipe:
     def from_functions(cls, model: Callable[..., Any], data: Callable[[], Any] | None = None,
                        functions: list[Callable[..., Any]] | None = None) -> Recipe:
         """Compile a ``{{…}}``-templated function defined in a script or notebook cell."""
+        _not_while_loading()
         template = Template.from_function(model)
         # The function's own globals (imports, helpers), its closure, and our lookup.
         namespace = dict(getattr(model, "__globals__", {}))
@@ -122,9 +135,8 @@ class Recipe:
                           "--parallelism) need a recipe file; this model was not read from one")
 
     def custom_objects(self) -> dict[str, Any]:
-        """The functions and classes the recipe defines (losses, metrics, layers, ``Lambda``
-        functions): what Keras needs to reload a model that uses them."""
-        return own_objects(self.namespace)
+        """What Keras needs to reload a model the recipe built: see :func:`custom_objects`."""
+        return custom_objects(self.namespace)
 
     def use_data_file(self, path: str) -> None:
         """Have ``data()`` read this file (``--data PATH``); data() must take ``path``."""
@@ -153,23 +165,39 @@ class Recipe:
         # not kept alive for the whole study.
         wanted = _global_names(self.namespace) - {self.template.function, "data", PARAM_FUNCTION}
         self.namespace.update({k: v for k, v in names.items() if k in wanted})
-        data = result if isinstance(result, tuple) else (result,)
-        try:  # once here, rather than in every trial
-            inspect.signature(self.model).bind(*data)
-        except TypeError:
-            takes = ", ".join(inspect.signature(self.model).parameters)
-            raise RecipeError(f"{self.template.filename}: data() returned {len(data)} item(s), but "
-                              f"{self.template.function}({takes}) takes them as its arguments: return "
-                              "one value per argument, in that order") from None
-        return data
+        return self._arguments(result if isinstance(result, tuple) else (result,), names)
+
+    def _arguments(self, returned: tuple[Any, ...], variables: dict[str, Any]) -> tuple[Any, ...]:
+        """What ``model`` is called with: what ``data()`` returned, one value per parameter
+        in that order; or, as hyperas runs ``data()``'s body above the model's (neither
+        signature counts there), ``data()``'s variables of the parameters' names, when the
+        values returned do not fit the parameters (more of them, or a ``model()`` without
+        parameters) or are those variables in another order."""
+        signature = inspect.signature(self.model)
+        positional = [p for p in signature.parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        named = [p.name for p in itertools.takewhile(lambda p: p.name in variables, positional)]
+        if all(p.default is not p.empty for p in positional[len(named):]):
+            by_name = tuple(variables[name] for name in named)
+            if not _fits(signature, returned) or (by_name and all(any(v is r for r in returned)
+                                                                   for v in by_name)):
+                return by_name
+        if _fits(signature, returned):  # once here, rather than in every trial
+            return returned
+        raise RecipeError(f"{self.template.filename}: data() returned {len(returned)} item(s), but "
+                          f"{self.template.function}({', '.join(signature.parameters)}) takes them as "
+                          "its arguments: return one value per argument, in that order (or name the "
+                          "parameters after data()'s variables)")
 
     def test_data(self, data: tuple[Any, ...]) -> tuple[Any, Any] | None:
-        """``(x_test, y_test)`` as the model function names them, else items 3 and 4."""
-        params = list(inspect.signature(self.model).parameters)
-        by_name = {p.lower(): i for i, p in enumerate(params) if i < len(data)}
+        """``(x_test, y_test)`` as the model function names them (a model without
+        parameters reads them as globals, from ``data()``), else items 3 and 4."""
+        parameters = inspect.signature(self.model).parameters  # (those with defaults may get none)
+        names = zip(parameters, data, strict=False) if data else self.namespace.items()
+        by_name = {name.lower(): value for name, value in names}
         for x, y in (("x_test", "y_test"), ("x_val", "y_val"), ("x_valid", "y_valid")):
             if x in by_name and y in by_name:
-                return data[by_name[x]], data[by_name[y]]
+                return by_name[x], by_name[y]
         return (data[2], data[3]) if len(data) == 4 else None
 
 
@@ -189,9 +217,22 @@ def run_file(template: Template, first_load: bool = True) -> dict[str, Any]:
             _check_not_shadowing(path)
         sys.path.insert(0, str(path.parent))
         _RECIPE_FOLDERS.add(path.parent)
-    with tensorflow_start_up():  # the recipe's own `import keras`, most often
-        _execute(template, namespace)
+    loading = _LOADING.set(True)
+    try:
+        with tensorflow_start_up():  # the recipe's own `import keras`, most often
+            _execute(template, namespace)
+    except _SearchAtModuleLevel:
+        pass  # what follows would run a search of its own, not the one loading the file is for
+    finally:
+        _LOADING.reset(loading)
     return namespace
+
+
+def _not_while_loading() -> None:
+    """Stop a recipe file that starts a search while :func:`run_file` loads it (see
+    :class:`_SearchAtModuleLevel`)."""
+    if _LOADING.get():
+        raise _SearchAtModuleLevel
 
 
 _RECIPE_FOLDERS: set[Path] = set()  # put on sys.path for recipes' own imports
@@ -220,6 +261,28 @@ def own_objects(namespace: Mapping[str, Any]) -> dict[str, Any]:
     module = namespace.get("__name__")
     return {name: value for name, value in namespace.items()
             if (inspect.isfunction(value) or inspect.isclass(value)) and value.__module__ == module}
+
+
+def custom_objects(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The functions and classes a recipe defines or imports (a loss, a metric, a layer, a
+    ``Lambda``'s function; from the script or from the user's own modules, e.g. ``from
+    metrics import f1``), by their names in the recipe and their own: what Keras needs to
+    reload a model that uses them. Keras' and TensorFlow's own it finds itself."""
+    objects = {}
+    for name, value in namespace.items():
+        package = (getattr(value, "__module__", None) or "").split(".")[0]
+        if (inspect.isfunction(value) or inspect.isclass(value)) and package not in _KERAS_PACKAGES:
+            objects.setdefault(value.__name__, value)  # the name Keras saved it under
+            objects[name] = value
+    return objects
+
+
+def _fits(signature: inspect.Signature, values: tuple[Any, ...]) -> bool:
+    try:
+        signature.bind(*values)
+    except TypeError:
+        return False
+    return True
 
 
 def _global_names(namespace: dict[str, Any]) -> set[str]:
