@@ -268,7 +268,7 @@ def custom_objects(namespace: Mapping[str, Any]) -> dict[str, Any]:
     ``Lambda``'s function; from the script or from the user's own modules, e.g. ``from
     metrics import f1``), by their names in the recipe and their own: what Keras needs to
     reload a model that uses them. Keras' and TensorFlow's own it finds itself."""
-    objects = {}
+    objects: dict[str, Any] = {}
     for name, value in namespace.items():
         package = (getattr(value, "__module__", None) or "").split(".")[0]
         if (inspect.isfunction(value) or inspect.isclass(value)) and package not in _KERAS_PACKAGES:
