@@ -27,6 +27,10 @@ def model(x_train, y_train, x_test, y_test):
 @pytest.mark.parametrize(("uri", "message"), [
     ("htp://127.0.0.1:5000", "unsupported tracking URI 'htp://127.0.0.1:5000': use http://host:port"),
     ("localhost:5000", "unsupported tracking URI 'localhost:5000'"),
+    ("runs.db", "the tracking URI 'runs.db' is a path: MLflow 3 tracks in a database or a server; use sqlite:///"),
+    ("file:///srv/mlruns", "is a path: MLflow 3 tracks in a database or a server; use "
+                           "sqlite:////srv/mlruns/mlflow.db"),
+    ("sqlite://runs.db", "has two slashes: write sqlite:///relative/path.db or sqlite:////absolute/path.db"),
 ])
 def test_malformed_tracking_uri(write_recipe, uri, message):
     result = CliRunner().invoke(main, ["run", str(write_recipe()), "--tracking-uri", uri])
@@ -153,3 +157,45 @@ def test_sigterm_during_start_up_stops_the_study(write_recipe, store, tmp_path):
     assert "Exception ignored" in run.stderr  # the signal's exception was indeed dropped by Python
     assert run.returncode == 130 and "interrupted" in run.stderr
     assert MlflowClient(store).get_experiment_by_name("recipe") is None  # no trial trained
+
+
+def test_a_negative_seed_is_refused_before_a_run_starts(write_recipe, store):
+    result = CliRunner().invoke(main, ["run", str(write_recipe()), "--tracking-uri", store, "--seed", "-1"])
+    assert result.exit_code == 1 and "seed must be 0 or more, got -1" in result.output
+    assert "Traceback" not in result.output
+    assert MlflowClient(store).get_experiment_by_name("recipe") is None
+
+
+def test_an_artifact_location_that_cannot_be_written_is_one_error_and_no_outage(write_recipe, store,
+                                                                                tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    artifacts = tmp_path / "a-file" / "artifacts"
+    MlflowClient(store).create_experiment("unwritable", artifact_location=str(artifacts))
+    result = CliRunner().invoke(main, ["run", str(write_recipe()), "--tracking-uri", store,
+                                       "--experiment", "unwritable"])  # with the default patience
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "unreachable" not in result.output
+    assert (f"cannot use {artifacts}: Not a directory (is the experiment's artifact location "
+            "a folder this process may write?)") in result.output
+    client = MlflowClient(store)
+    [study] = client.search_runs([client.get_experiment_by_name("unwritable").experiment_id])
+    assert study.info.status == "FAILED" and "Not a directory" in study.data.tags["tuning.error"]
+
+
+def test_resuming_after_a_marker_was_added_names_it_and_keeps_the_study(write_recipe, store):
+    recipe = write_recipe(model=TINY_MODEL, extra='OPTIMIZER = "adam"\n')
+    first = CliRunner().invoke(main, ["run", str(recipe), "--tracking-uri", store, "--max-evals", "1"])
+    assert first.exit_code == 0
+    client = MlflowClient(store)
+    [study] = client.search_runs([client.get_experiment_by_name("recipe").experiment_id],
+                                 "tags.`tuning.kind` = 'study'")
+    client.set_terminated(study.info.run_id, "KILLED")  # as Ctrl-C leaves it
+    marker = 'optimizer=<<choice(["adam", "sgd"])>>'
+    recipe.write_text(recipe.read_text().replace("optimizer=OPTIMIZER", marker))
+    result = CliRunner().invoke(main, ["run", str(recipe), "--tracking-uri", store, "--resume"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert (f"the search space changed since study {study.info.run_id} started (optimizer added: "
+            "choice(['adam', 'sgd'])), so its trials cannot be resumed with it: undo the change to "
+            "resume, or run without --resume to start a new study") in result.output
+    runs = client.search_runs([study.info.experiment_id])
+    assert len(runs) == 2 and client.get_run(study.info.run_id).info.status == "KILLED"

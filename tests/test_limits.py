@@ -63,3 +63,32 @@ def test_isolated_trials_match_in_process_ones(write_recipe, store):
         assert [m.step for m in client.get_metric_history(trial.run_id, "val_loss")] == [0]
         assert run.data.metrics["hyperopt_loss"] == pytest.approx(trial.loss)
 
+
+
+SCRIPT = '''
+import tuning
+
+
+def get_data():
+    return [1, 2], [3]
+
+
+def create_model(x_train, x_test):
+    loss = {{choice([1.0, 2.0])}}
+    return {"loss": loss, "status": "ok"}
+'''
+
+
+def test_a_scripts_own_function_names_reach_the_worker(tmp_path, store):
+    """hyperas' scripts name their functions as they like (create_model, get_data)."""
+    import importlib.util
+
+    path = tmp_path / "hyperas_style.py"
+    path.write_text(SCRIPT)
+    spec = importlib.util.spec_from_file_location("hyperas_style", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    study = tuning.minimize(script.create_model, script.get_data, max_evals=2, tracking_uri=store,
+                            progress=False, isolate=True)
+    assert [t.status for t in study.trials] == [tuning.TrialStatus.OK] * 2
+    assert {MlflowClient(store).get_run(t.run_id).info.status for t in study.trials} == {"FINISHED"}

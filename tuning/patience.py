@@ -8,6 +8,7 @@ few times, quickly, then named in a :class:`~tuning.errors.StoreError`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import time
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 from mlflow.exceptions import MlflowException, RestException
 
-from tuning.errors import StoreError, TrackingError
+from tuning.errors import ConfigurationError, StoreError, TrackingError
 
 _log = logging.getLogger("tuning")
 DEFAULT_PATIENCE = 600.0  # seconds a tracking server may be away before the study stops
@@ -27,6 +28,8 @@ T = TypeVar("T")
 
 ABSENT, SERVER = "absent", "server"
 _AWAY_CODES = {429, 502, 503, 504}  # busy, or a proxy in front of a server that is away
+# A local store's path that cannot be used as it is: waiting would not change it.
+_PATH_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG}
 _SERVER_TRIES = 3  # a server error may be passing (a locked database): tried this often, quickly
 
 
@@ -48,8 +51,8 @@ def _fault(error: BaseException) -> str | None:
         if code is None:  # the server's own error reply, or a wrong request
             own = isinstance(error, RestException) and error.error_code == "INTERNAL_ERROR"
             return SERVER if own else None
-    elif isinstance(error, OSError):
-        return ABSENT
+    elif isinstance(error, OSError):  # (requests' errors too: a server that does not answer)
+        return None if error.errno in _PATH_ERRNOS else ABSENT
     if code is None:
         return None
     return ABSENT if code in _AWAY_CODES else SERVER if code >= 500 else None
@@ -93,6 +96,10 @@ class Patience:
                 return function(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - sorted below: transient or not
                 fault = _fault(error)
+                if fault is None and isinstance(error, OSError):
+                    raise ConfigurationError(
+                        f"the tracking store {self.uri} cannot use {error.filename}: {error.strerror} "
+                        "(is the experiment's artifact location a folder this process may write?)") from error
                 if fault is None:
                     raise
                 if fault == SERVER:

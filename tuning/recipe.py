@@ -90,12 +90,13 @@ class Recipe:
         return cls.from_template(Template.from_file(path))
 
     @classmethod
-    def from_template(cls, template: Template, first_load: bool = True) -> Recipe:
+    def from_template(cls, template: Template, first_load: bool = True, data: str = "data") -> Recipe:
         """Execute a compiled recipe file, or (``first_load`` False) its source sent to
-        another process, which may be on a host that lacks the file."""
+        another process, which may be on a host that lacks the file; ``template.function``
+        and ``data`` name its model and data functions."""
         path = template.filename
         namespace = run_file(template, first_load)
-        missing = [n for n in ("data", "model") if not callable(namespace.get(n))]
+        missing = [n for n in (data, template.function) if not callable(namespace.get(n))]
         if missing:
             defined = sorted(k for k, v in own_objects(namespace).items() if inspect.isfunction(v))
             raise RecipeError(
@@ -103,7 +104,7 @@ class Recipe:
                 f"{' and '.join(m + '()' for m in missing)} missing (functions found: "
                 f"{', '.join(defined) or 'none'})")
         defaults = {k: namespace[k] for k in DEFAULT_NAMES if k in namespace}
-        return cls(template, namespace, namespace["model"], namespace["data"], defaults)
+        return cls(template, namespace, namespace[template.function], namespace[data], defaults)
 
     @classmethod
     def from_functions(cls, model: Callable[..., Any], data: Callable[[], Any] | None = None,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import html
-import json
 import logging
 import math
 import os
@@ -158,7 +157,7 @@ def study_report(experiment: str, tracking_uri: str | None = None, out: str | Pa
     folder.mkdir(parents=True, exist_ok=True)
     return _drawn(experiment, study_run.info.run_id, study_run.data.params.get("objective", LOSS_METRIC),
                   study_run.data.params.get("mode", "min"), finished, failed, folder,
-                  _space(tracker, study_run.info.run_id), plotly_js)
+                  tracker.read_json(study_run.info.run_id, "space.json") or {}, plotly_js)
 
 
 def log_report(report: Report, tracking_uri: str | None = None) -> None:
@@ -249,13 +248,6 @@ def importance(trials: Sequence[Point]) -> dict[str, float]:
     return dict(sorted(shares.items(), key=lambda item: -item[1]))
 
 
-def _space(tracker: Tracker, study_run_id: str) -> dict[str, dict[str, Any]]:
-    """The study's ``space.json``: each marker's distribution and values."""
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            return json.loads(Path(tracker.download(study_run_id, "space.json", folder)).read_text())
-    except Exception:  # noqa: BLE001 - a study without it: the values guide the axes
-        return {}
 
 
 def _newest_study(tracker: Tracker, experiment_id: str, experiment: str) -> Any:

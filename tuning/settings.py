@@ -112,6 +112,8 @@ class StudyConfig:
                                      "with --trial-timeout, --trial-max-memory or --isolate")
         keep = KeepModels.parse(pick("KEEP_MODELS", keep_models, "all"))
         drawn = pick("SEED", seed)
+        if drawn is not None and int(drawn) < 0:  # numpy's generators, which hyperopt draws from
+            raise ConfigurationError(f"seed must be 0 or more, got {drawn}")
         epochs = _max_epochs(max_epochs)
         named = pick("EXPERIMENT", experiment)
         return cls(

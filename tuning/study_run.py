@@ -21,7 +21,7 @@ from hyperopt import Trials
 
 from tuning import history, signals
 from tuning.distributions import Distribution
-from tuning.errors import TrackingError
+from tuning.errors import ConfigurationError, StoreError, TrackingError
 from tuning.lease import Lease
 from tuning.objective import Objective
 from tuning.recipe import Recipe
@@ -127,6 +127,7 @@ def open_study(tracker: Tracker, experiment_id: str, recipe: Recipe, config: Stu
     if previous is not None:
         config = config.resumed(previous.data.params)
         run_id = previous.info.run_id
+        _check_same_space(tracker, run_id, recipe, distributions)
         lease = Lease.take(tracker, previous, config.force)  # before anything of it is touched
         tracker.set_status(run_id, "RUNNING")
         past = history.rebuild(tracker, experiment_id, run_id, trials)
@@ -155,10 +156,43 @@ def start_study_run(tracker: Tracker, experiment_id: str, recipe: Recipe,
                                tracker.outer_run(experiment_id),
                                tags={"tuning.recipe": key, SOURCE_FUNCTION_TAG: recipe.template.function,
                                      **(tags or {})})
-    tracker.log(run_id, params={"recipe": key, **params})
-    tracker.log_json(run_id, _describe(recipe, distributions), "space.json")
-    tracker.log_text(run_id, recipe.template.source, f"recipe/{_source_name(recipe)}")
+    try:
+        tracker.log(run_id, params={"recipe": key, **params})
+        tracker.log_json(run_id, _describe(recipe, distributions), "space.json")
+        tracker.log_text(run_id, recipe.template.source, f"recipe/{_source_name(recipe)}")
+    except Exception as error:  # e.g. an artifact location it cannot write: no run left RUNNING
+        if not isinstance(error, TrackingError) or isinstance(error, StoreError):
+            tracker.log(run_id, tags={"tuning.error": str(error)})
+            tracker.end_run(run_id, "FAILED")
+        raise
     return run_id
+
+
+# Kinds whose values are positions among options (or counts): any change changes what past values mean.
+_OPTION_KINDS = ("choice", "pchoice", "randint")
+
+
+def _check_same_space(tracker: Tracker, run_id: str, recipe: Recipe,
+                      distributions: dict[str, Distribution]) -> None:
+    """A resumed study reads its trials' values as values of the recipe's markers: they may
+    not have come or gone, changed kind, or (a choice) changed options since it started; a
+    range may change."""
+    space = tracker.read_json(run_id, "space.json") or {}
+    started = {name: entry["distribution"] for name, entry in space.items()}
+    if not started:
+        return
+    now = {name: d.describe() for name, d in distributions.items()}
+    differences = [f"{name} added: {now[name]}" for name in now if name not in started]
+    differences += [f"{name} removed (was {started[name]})" for name in started if name not in now]
+    for name in now.keys() & started.keys():
+        kind, was = now[name].split("(")[0], started[name].split("(")[0]
+        if kind != was or (kind in _OPTION_KINDS and now[name] != started[name]):
+            differences.append(f"{name}: {started[name]} became {now[name]}")
+    if differences:
+        raise ConfigurationError(
+            f"{recipe.template.filename}: the search space changed since study {run_id} started "
+            f"({'; '.join(sorted(differences))}), so its trials cannot be resumed with it: undo the "
+            "change to resume, or run without --resume to start a new study")
 
 
 def recipe_key(recipe: Recipe) -> str:

@@ -93,6 +93,23 @@ def _check_alive(experiment: Any) -> None:
             f"--experiment-id {experiment.experiment_id}` or choose another --experiment")
 
 
+def _check_uri(uri: str) -> None:
+    """A URI MLflow 3 can track in, or the one to write instead."""
+    scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
+    if scheme in ("", "file"):  # MLflow 3 refuses to write a folder store ("maintenance mode")
+        path = os.path.abspath(urllib.parse.urlparse(uri).path if scheme else uri)
+        database = path if path.endswith((".db", ".sqlite")) else os.path.join(path, "mlflow.db")
+        raise TrackingError(f"the tracking URI {uri!r} is a path: MLflow 3 tracks in a database or a "
+                            f"server; use sqlite:///{database} (or http://host:port; `mlflow "
+                            "migrate-filestore` moves an old mlruns folder into a database)")
+    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        raise TrackingError(f"the tracking URI {uri!r} has two slashes: write sqlite:///relative/path.db "
+                            "or sqlite:////absolute/path.db")
+    if scheme not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"):
+        raise TrackingError(f"unsupported tracking URI {uri!r}: use http://host:port, "
+                            "sqlite:///path.db or a database URI")
+
+
 class Tracker:
     """A tracking store: reachability check, experiments, runs, batches, models.
 
@@ -102,11 +119,7 @@ class Tracker:
 
     def __init__(self, tracking_uri: str | None = None, patience: float = DEFAULT_PATIENCE):
         self.uri = resolve_uri(tracking_uri)
-        scheme = urllib.parse.urlparse(self.uri).scheme.split("+")[0]
-        if scheme not in ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql",
-                          "databricks", ""):
-            raise TrackingError(f"unsupported tracking URI {self.uri!r}: use http://host:port, "
-                                "sqlite:///path.db or a database URI")
+        _check_uri(self.uri)
         if self.uri.startswith(("http://", "https://")):
             # MLflow's own retries back off for minutes, and repeat a request whose reply was
             # lost after the server acted; ours are bounded by --patience and made safe to repeat.
@@ -238,6 +251,15 @@ class Tracker:
 
     def log_json(self, run_id: str, data: Any, path: str) -> None:
         self.log_text(run_id, json.dumps(data, indent=2, default=str), path)
+
+    def read_json(self, run_id: str, path: str) -> Any:
+        """What :meth:`log_json` wrote at ``path``; None if the run has no such artifact."""
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                with open(self.download(run_id, path, folder), encoding="utf-8") as file:
+                    return json.load(file)
+        except (MlflowException, OSError, ValueError):
+            return None
 
     def end_run(self, run_id: str, status: str) -> None:
         self.patience.call(self.client.set_terminated, run_id, status=status)

@@ -72,6 +72,7 @@ class TrialSpec:
 
     recipe: str  # the file's name: in tracebacks, and the folder of the recipe's own imports
     source: str  # its text, so that an executor on another host needs no copy of the file
+    functions: tuple[str, str]  # the names of its model and data functions (a script's may be any)
     data_path: str | None
     tracking_uri: str
     patience: float
@@ -83,9 +84,10 @@ class TrialSpec:
     @classmethod
     def of(cls, setup: TrialSetup) -> TrialSpec:
         recipe = setup.recipe
-        return cls(recipe.template.filename, recipe.file_source(), recipe.data_path, setup.tracker.uri,
-                   setup.tracker.patience.seconds, setup.experiment_id, setup.study_run_id,
-                   setup.options, setup.retries)
+        functions = (recipe.template.function, getattr(recipe.data, "__name__", "data"))
+        return cls(recipe.template.filename, recipe.file_source(), functions, recipe.data_path,
+                   setup.tracker.uri, setup.tracker.patience.seconds, setup.experiment_id,
+                   setup.study_run_id, setup.options, setup.retries)
 
     def setup(self, reporter: Reporter) -> TrialSetup:
         """Load the recipe and its data in this process: the study's TrialSetup again."""
@@ -93,7 +95,9 @@ class TrialSpec:
         from tuning.template import Template
         from tuning.tracking import Tracker
 
-        recipe = Recipe.from_template(Template.from_source(self.source, self.recipe), first_load=False)
+        model, data = self.functions
+        recipe = Recipe.from_template(Template.from_source(self.source, self.recipe, model), first_load=False,
+                                      data=data)
         if self.data_path:
             recipe.use_data_file(self.data_path)
         setup = TrialSetup(Tracker(self.tracking_uri, self.patience), self.experiment_id,
