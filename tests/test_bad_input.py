@@ -199,3 +199,19 @@ def test_resuming_after_a_marker_was_added_names_it_and_keeps_the_study(write_re
             "resume, or run without --resume to start a new study") in result.output
     runs = client.search_runs([study.info.experiment_id])
     assert len(runs) == 2 and client.get_run(study.info.run_id).info.status == "KILLED"
+
+
+def test_a_recipe_in_another_encoding_is_read_as_its_coding_line_says(tmp_path):
+    source = 'def data():\n    return "réseau", 1\n\n\ndef model(x, y):\n    return <<choice([1, 2])>>\n'
+    named = tmp_path / "latin.py"
+    named.write_bytes(("# -*- coding: latin-1 -*-\n" + source).encode("latin-1"))
+    result = CliRunner().invoke(main, ["space", str(named)])
+    assert result.exit_code == 0 and "choice([1, 2])" in result.output
+
+    unnamed = tmp_path / "unnamed.py"
+    unnamed.write_bytes(source.encode("latin-1"))
+    result = CliRunner().invoke(main, ["space", str(unnamed)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{unnamed}: cannot decode the recipe ('utf-8' codec can't decode byte 0xe9" in result.output
+    assert ("save it as UTF-8, or name its encoding in a first-line comment such as "
+            "# -*- coding: latin-1 -*-") in result.output

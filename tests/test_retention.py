@@ -82,7 +82,10 @@ def test_only_the_best_trials_keep_their_model_and_a_registered_one_stays(
         assert loadable(uri, runs[number].info.run_id)
         assert "tuning.model_deleted" not in runs[number].data.tags
     for number, pushed_by in ((1, 3), (3, 5)):
-        assert files(uri, locations[number]) == [] and not loadable(uri, runs[number].info.run_id)
+        assert files(uri, locations[number]) == []
+        why = r"it was deleted \(keep_models=best:2: only the 2 best trials keep their model; .*\); the best"
+        with pytest.raises(tuning.TrackingError, match=why):
+            tuning.load_best(runs[number].info.run_id, tracking_uri=uri)
         reason = runs[number].data.tags["tuning.model_deleted"]
         assert "keep_models=best:2" in reason and f"trial {pushed_by} made trial {number}" in reason
         assert runs[number].data.metrics["hyperopt_loss"] == pytest.approx(1 / number)  # the rest stays

@@ -18,7 +18,7 @@ from tuning.objective import Objective
 from tuning.quiet import tensorflow_start_up
 from tuning.recipe import custom_objects, run_file
 from tuning.template import Template
-from tuning.tracking import KIND_TAG, LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker
+from tuning.tracking import KIND_TAG, LOSS_METRIC, MODEL_DELETED_TAG, SOURCE_FUNCTION_TAG, Tracker
 
 __all__ = [  # the rest is this package's own
     "CHAMPION", "best_runs", "load_best", "model_uri", "objectives", "register_best",
@@ -151,7 +151,17 @@ def load_best(which: str, tracking_uri: str | None = None,
                     raise
                 return mlflow.keras.load_model(uri, custom_objects=objects)
         except (MlflowException, OSError, TypeError, ValueError) as error:
-            raise TrackingError(f"cannot load the model at {uri}: {error}") from None
+            why = _deleted(tracker, uri) or error
+            raise TrackingError(f"cannot load the model at {uri}: {why}") from None
+
+
+def _deleted(tracker: Tracker, uri: str) -> str | None:
+    """Why the model at ``uri`` is gone, if keep-models deleted it (its run says why)."""
+    try:
+        reason = tracker.run(tracker.model_source_run(uri)).data.tags.get(MODEL_DELETED_TAG)
+    except (MlflowException, TrackingError):
+        return None
+    return f"it was deleted ({reason}); the best trial's model is kept" if reason else None
 
 
 def _recipe_objects(tracker: Tracker, uri: str) -> dict[str, Any]:

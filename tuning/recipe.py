@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuning.errors import RecipeError
+from tuning.errors import RecipeError, TemplateError
 from tuning.quiet import tensorflow_start_up
-from tuning.template import PARAM_FUNCTION, Template, param_value
+from tuning.template import PARAM_FUNCTION, Template, param_value, read_source
 
 DEFAULT_NAMES = ("EXPERIMENT", "MAX_EVALS", "ALGO", "SEED", "OBJECTIVE", "MODE")
 MODULE_NAME = "__tuning_recipe__"  # a recipe file's __name__: its __main__ part does not run
@@ -129,8 +129,8 @@ class Recipe:
             return self.template.source  # compiled from the whole file
         try:  # functions of a script (hyperas' style): the script is the recipe
             if not filename.startswith("<") and "ipykernel" not in filename:
-                return Path(filename).read_text(encoding="utf-8")
-        except OSError:
+                return read_source(filename)
+        except TemplateError:
             pass
         raise RecipeError("trials in other processes (--trial-timeout, --trial-max-memory, --isolate, "
                           "--parallelism) need a recipe file; this model was not read from one")

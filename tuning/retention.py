@@ -73,9 +73,10 @@ class ModelKeeper:
             return deleted
         while len(self._holders) > (self.policy.best or 0):  # more than one after a resume with a smaller N
             loss, number, run_id = self._holders.pop()
-            reason = (f"keep_models={self.policy}: only the {self.policy.best} best trials keep "
-                      f"their model; trial {result.number} made trial {number} (loss {loss:.6g}) "
-                      "no longer one of them")
+            why = (f"trial {number} (loss {loss:.6g}) is not one of them" if number == result.number else
+                   f"trial {result.number} made trial {number} (loss {loss:.6g}) no longer one of them")
+            reason = (f"keep_models={self.policy}: only the {self.policy.best} best trials "
+                      f"keep their model; {why}")
             try:
                 if self.tracker.delete_models(run_id):
                     self.tracker.log(run_id, tags={MODEL_DELETED_TAG: reason})

@@ -80,6 +80,20 @@ def assigned(values: Mapping[str, Any]) -> Iterator[None]:
         _VALUES.reset(token)
 
 
+def read_source(path: str | Path) -> str:
+    """A Python file's text, decoded as Python decodes it: UTF-8 unless a ``# -*- coding: … -*-``
+    line (or a BOM) says otherwise."""
+    try:
+        with tokenize.open(path) as file:
+            return file.read()
+    except OSError as error:
+        raise TemplateError(f"cannot read the recipe: {error.strerror}", str(path)) from None
+    except (SyntaxError, UnicodeDecodeError) as error:  # a coding line that lies, or none
+        raise TemplateError(f"cannot decode the recipe ({error}): save it as UTF-8, or name its "
+                            "encoding in a first-line comment such as # -*- coding: latin-1 -*-",
+                            str(path)) from None
+
+
 @dataclass(frozen=True)
 class Marker:
     """One marker: its hyperparameter name, the call inside it and where it stands."""
@@ -122,12 +136,7 @@ class Template:
 
     @classmethod
     def from_file(cls, path: str | Path, function: str = "model") -> Template:
-        path = Path(path)
-        try:
-            source = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise TemplateError(f"cannot read the recipe: {error.strerror}", str(path)) from None
-        return cls.from_source(source, str(path), function)
+        return cls.from_source(read_source(path), str(path), function)
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any]) -> Template:
