@@ -215,3 +215,12 @@ def test_a_recipe_in_another_encoding_is_read_as_its_coding_line_says(tmp_path):
     assert f"{unnamed}: cannot decode the recipe ('utf-8' codec can't decode byte 0xe9" in result.output
     assert ("save it as UTF-8, or name its encoding in a first-line comment such as "
             "# -*- coding: latin-1 -*-") in result.output
+
+
+def test_a_marker_inside_an_f_string_says_to_name_it_first(write_recipe):
+    recipe = write_recipe(model='def model(x_train, y_train, x_test, y_test):\n'
+                                '    return f"dense_{<<choice([1, 2])>>}"\n')
+    result = CliRunner().invoke(main, ["space", str(recipe)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ("a marker inside an f-string is not read: give it a name first, units = <<choice([8, 16])>>, "
+            "and write {units} in the f-string") in result.output

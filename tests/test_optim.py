@@ -165,10 +165,13 @@ def takes_positions(x_train, x_test):
     return {"loss": {{choice([1.0])}}, "status": STATUS_OK}
 
 
-def test_values_data_returns_in_the_parameters_order_go_by_position():
+def test_values_data_returns_in_the_parameters_order_go_by_position_and_a_dicts_by_key():
     x_train, x_test = Recipe.from_functions(takes_positions, returns_an_expression).load_data()
     assert (x_train == 0).all() and (x_test == 1).all()
 
+    assert Recipe.from_functions(takes_positions, lambda: {"x_test": 1, "x_train": 0}).load_data() == (0, 1)
+    with pytest.raises(RecipeError, match=r"data\(\) returned one generator, but takes_positions"):
+        Recipe.from_functions(takes_positions, lambda: (v for v in (0, 1))).load_data()
     with pytest.raises(RecipeError, match=r"data\(\) returned 3 item\(s\), but takes_positions\(x_train, "
                                           r"x_test\) takes them.*name the parameters after data"):
         Recipe.from_functions(takes_positions, lambda: (1, 2, 3)).load_data()

@@ -166,6 +166,8 @@ class Recipe:
         # not kept alive for the whole study.
         wanted = _global_names(self.namespace) - {self.template.function, "data", PARAM_FUNCTION}
         self.namespace.update({k: v for k, v in names.items() if k in wanted})
+        if isinstance(result, dict):  # its keys name values as data()'s variables do
+            names.update((k, v) for k, v in result.items() if isinstance(k, str))
         return self._arguments(result if isinstance(result, tuple) else (result,), names)
 
     def _arguments(self, returned: tuple[Any, ...], variables: dict[str, Any]) -> tuple[Any, ...]:
@@ -185,7 +187,8 @@ class Recipe:
                 return by_name
         if _fits(signature, returned):  # once here, rather than in every trial
             return returned
-        raise RecipeError(f"{self.template.filename}: data() returned {len(returned)} item(s), but "
+        what = f"{len(returned)} item(s)" if len(returned) != 1 else f"one {type(returned[0]).__name__}"
+        raise RecipeError(f"{self.template.filename}: data() returned {what}, but "
                           f"{self.template.function}({', '.join(signature.parameters)}) takes them as "
                           "its arguments: return one value per argument, in that order (or name the "
                           "parameters after data()'s variables)")

@@ -429,6 +429,9 @@ def _check_syntax_and_placement(code: str, filename: str, function: str, found: 
     except SyntaxError as error:
         near = any(abs(f.line - (error.lineno or 0)) <= 1 for f in found)
         hint = " (markers are written <<uniform(0, 1)>> or {{uniform(0, 1)}})" if near else ""
+        if error.msg.startswith("f-string") and any(m in (error.text or "") for m in ("<<", "{{")):
+            hint = (" (a marker inside an f-string is not read: give it a name first, units = "
+                    "<<choice([8, 16])>>, and write {units} in the f-string)")
         raise TemplateError(f"{error.msg}{hint}", filename, error.lineno) from None
     if not found:
         return
