@@ -224,3 +224,17 @@ def test_a_marker_inside_an_f_string_says_to_name_it_first(write_recipe):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert ("a marker inside an f-string is not read: give it a name first, units = <<choice([8, 16])>>, "
             "and write {units} in the f-string") in result.output
+
+
+def test_resume_with_nothing_to_resume_says_so_and_starts_a_study(tmp_path, store, caplog):
+    recipe = tmp_path / "fresh.py"
+    recipe.write_text('def data():\n    return 1, 2\n\n\ndef model(a, b):\n'
+                      '    return {"loss": <<uniform(0, 1)>>, "status": "ok"}\n')
+    result = CliRunner().invoke(main, ["run", str(recipe), "--tracking-uri", store, "--max-evals", "1",
+                                       "--resume"])
+    assert result.exit_code == 0
+    # (on stderr, through the "tuning" logger, which pytest captures before the terminal)
+    assert f"nothing to resume: no unfinished study of {recipe} in experiment 'fresh'; a new one starts" \
+        in caplog.text
+    client = MlflowClient(store)
+    assert len(client.search_runs([client.get_experiment_by_name("fresh").experiment_id])) == 2

@@ -10,6 +10,7 @@ and the report.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from tuning.tracking import LOSS_METRIC, SOURCE_FUNCTION_TAG, Tracker
 from tuning.trial import TrialResult, TrialStatus, settle
 
 __all__ = ["StudyResult", "StudyRun"]  # the rest is this package's own
+
+_log = logging.getLogger("tuning")
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,9 @@ def open_study(tracker: Tracker, experiment_id: str, recipe: Recipe, config: Stu
     """A new study run, or with ``resume`` the newest unfinished one, its trials rebuilt
     into ``trials``; held by this process (see :mod:`tuning.lease`)."""
     previous = history.unfinished_study(tracker, experiment_id, recipe_key(recipe)) if config.resume else None
+    if config.resume and previous is None:
+        _log.warning("nothing to resume: no unfinished study of %s in experiment %r; a new one starts",
+                     recipe_key(recipe), config.experiment)
     if previous is not None:
         config = config.resumed(previous.data.params)
         run_id = previous.info.run_id
