@@ -215,15 +215,21 @@ Path("after_the_search.txt").write_text(str(best_run))
 """
 
 
-def test_a_script_that_searches_at_module_level_runs_only_the_search_asked_for(tmp_path):
+@pytest.mark.parametrize("names", [("data", "model"), ("get_data", "create_model")])
+def test_a_script_that_searches_at_module_level_runs_only_the_search_asked_for(tmp_path, names):
     """No ``if __name__ == "__main__":`` (a notebook saved as a script): loading the file for
-    ``tuning run`` stops where its own search would start."""
+    ``tuning run`` stops where its own search would start. The functions are those its search
+    names, as hyperas' scripts name them."""
     from click.testing import CliRunner
 
     from tuning.cli import main
 
     script = tmp_path / "searches.py"
-    script.write_text(MODULE_LEVEL_SEARCH)
+    data_function, model_function = names
+    source = MODULE_LEVEL_SEARCH.replace("def data(", f"def {data_function}(")
+    source = source.replace("def model(", f"def {model_function}(")
+    script.write_text(source.replace("model=model, data=data",
+                                     f"model={model_function}, data={data_function}"))
     store = f"sqlite:///{tmp_path / 'asked.db'}"
     result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, "--max-evals", "2"])
     assert result.exit_code == 0, result.output

@@ -90,11 +90,12 @@ class Recipe:
         return cls.from_template(Template.from_file(path))
 
     @classmethod
-    def from_template(cls, template: Template, first_load: bool = True, data: str = "data") -> Recipe:
+    def from_template(cls, template: Template, first_load: bool = True, data: str | None = None) -> Recipe:
         """Execute a compiled recipe file, or (``first_load`` False) its source sent to
         another process, which may be on a host that lacks the file; ``template.function``
-        and ``data`` name its model and data functions."""
+        and ``data`` (or ``template.data_function``) name its model and data functions."""
         path = template.filename
+        data = data or template.data_function
         namespace = run_file(template, first_load)
         missing = [n for n in (data, template.function) if not callable(namespace.get(n))]
         if missing:

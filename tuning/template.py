@@ -115,14 +115,24 @@ class Template:
     filename: str
     function: str
     markers: tuple[Marker, ...]
+    data_function: str = "data"
 
     @classmethod
     def from_source(cls, source: str, filename: str = "<string>", function: str = "model") -> Template:
-        """Compile recipe source text; ``function`` is the only one markers may sit in."""
+        """Compile recipe source text; ``function`` is the only one markers may sit in.
+
+        A script without a ``model`` function (hyperas' ``create_model``) names its own: the
+        ``model=`` and ``data=`` of its ``optim.minimize(...)`` call, else the one function
+        that holds markers (then ``data()`` is its data function).
+        """
         found = _scan(source, filename)
         names = _assign_names(found, filename)
         code = _rewrite(source, found, names)
-        _check_syntax_and_placement(code, filename, function, found)
+        tree = _parse(code, filename, found)
+        data_function = "data"
+        if function == "model":
+            function, data_function = _script_functions(tree, found)
+        _check_placement(tree, filename, function, found)
         markers = tuple(
             Marker(name, m.expression, m.line, m.column, m.explicit_name is not None, m.builders)
             for name, m in zip(names, found, strict=True)
@@ -132,7 +142,7 @@ class Template:
             # recipe shipped to a Spark executor on another host).
             lines = io.StringIO(source).readlines()  # as the tokenizer splits them
             linecache.cache[filename] = (len(source), None, lines, filename)
-        return cls(source, code, filename, function, markers)
+        return cls(source, code, filename, function, markers, data_function)
 
     @classmethod
     def from_file(cls, path: str | Path, function: str = "model") -> Template:
@@ -423,9 +433,9 @@ def _rewrite(source: str, found: list[_Found], names: list[str]) -> str:
     return "".join(out)
 
 
-def _check_syntax_and_placement(code: str, filename: str, function: str, found: list[_Found]) -> None:
+def _parse(code: str, filename: str, found: list[_Found]) -> ast.Module:
     try:
-        tree = ast.parse(code, filename)
+        return ast.parse(code, filename)
     except SyntaxError as error:
         near = any(abs(f.line - (error.lineno or 0)) <= 1 for f in found)
         hint = " (markers are written <<uniform(0, 1)>> or {{uniform(0, 1)}})" if near else ""
@@ -433,13 +443,37 @@ def _check_syntax_and_placement(code: str, filename: str, function: str, found: 
             hint = (" (a marker inside an f-string is not read: give it a name first, units = "
                     "<<choice([8, 16])>>, and write {units} in the f-string)")
         raise TemplateError(f"{error.msg}{hint}", filename, error.lineno) from None
+
+
+_SEARCHES = ("minimize", "best_models", "best_ensemble")  # hyperas' optim functions
+
+
+def _script_functions(tree: ast.Module, found: list[_Found]) -> tuple[str, str]:
+    """The model and data functions of a file without ``def model``: see Template.from_source."""
+    defined = {node.name: node for node in tree.body
+               if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    if "model" in defined:
+        return "model", "data"
+    for node in ast.walk(tree):
+        called = getattr(node, "func", None)
+        if isinstance(node, ast.Call) and getattr(called, "attr", getattr(called, "id", None)) in _SEARCHES:
+            named = {k.arg: k.value.id for k in node.keywords if isinstance(k.value, ast.Name)}
+            if named.get("model") in defined:
+                return named["model"], named.get("data", "data")
+    holders = {name for name, node in defined.items()
+               if any(node.lineno <= f.line <= (node.end_lineno or node.lineno) for f in found)} - {"data"}
+    return (holders.pop(), "data") if len(holders) == 1 else ("model", "data")
+
+
+def _check_placement(tree: ast.Module, filename: str, function: str, found: list[_Found]) -> None:
     if not found:
         return
     spans = [(node.lineno, node.end_lineno or node.lineno) for node in tree.body
              if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == function]
     for f in found:
         if not any(first <= f.line <= last for first, last in spans):
-            why = f"defines no {function}()" if not spans else f"places it outside {function}()"
+            why = (f"defines no {function}() (a script may name its own: optim.minimize(model=…, data=…))"
+                   if not spans else f"places it outside {function}()")
             raise TemplateError(f"marker for {f.expression} is outside the model function: the "
                                 f"recipe {why}; markers may only appear in the body of "
                                 f"{function}()", filename, f.line)
