@@ -27,9 +27,11 @@ def model(x_train, y_train, x_test, y_test):
 @pytest.mark.parametrize(("uri", "message"), [
     ("htp://127.0.0.1:5000", "unsupported tracking URI 'htp://127.0.0.1:5000': use http://host:port"),
     ("localhost:5000", "unsupported tracking URI 'localhost:5000'"),
-    ("runs.db", "the tracking URI 'runs.db' is a path: MLflow 3 tracks in a database or a server; use sqlite:///"),
-    ("file:///srv/mlruns", "is a path: MLflow 3 tracks in a database or a server; use "
-                           "sqlite:////srv/mlruns/mlflow.db"),
+    ("runs.db", "the tracking URI 'runs.db' is a folder store: MLflow 3 tracks in a database or a server; "
+                "use sqlite:///"),
+    ("file:///srv/mlruns", "is a folder store: MLflow 3 tracks in a database or a server; use "
+                           "sqlite:////srv/mlflow.db (`mlflow migrate-filestore` moves a folder's runs into "
+                           "it), or set MLFLOW_ALLOW_FILE_STORE=true"),
     ("sqlite://runs.db", "has two slashes: write sqlite:///relative/path.db or sqlite:////absolute/path.db"),
 ])
 def test_malformed_tracking_uri(write_recipe, uri, message):
@@ -238,3 +240,20 @@ def test_resume_with_nothing_to_resume_says_so_and_starts_a_study(tmp_path, stor
         in caplog.text
     client = MlflowClient(store)
     assert len(client.search_runs([client.get_experiment_by_name("fresh").experiment_id])) == 2
+
+
+def test_a_study_whose_choice_holds_functions_resumes(tmp_path, store):
+    """Their text holds addresses (<function double at 0x…>) that differ in every process."""
+    recipe = tmp_path / "functions.py"
+    recipe.write_text('def double(v):\n    return 2 * v\n\n\ndef data():\n    return 1, 2\n\n\n'
+                      'def model(a, b):\n    act = <<choice([double, abs])>>\n'
+                      '    return {"loss": act(-1.0), "status": "ok"}\n')
+    for flags in ([], ["--resume"]):
+        result = CliRunner().invoke(main, ["run", str(recipe), "--tracking-uri", store, "--max-evals", "2",
+                                           *flags])
+        assert result.exit_code == 0, result.output
+        client = MlflowClient(store)
+        [study] = client.search_runs([client.get_experiment_by_name("functions").experiment_id],
+                                     "tags.`tuning.kind` = 'study'")
+        client.set_terminated(study.info.run_id, "KILLED")  # as Ctrl-C leaves it
+    assert client.get_run(study.info.run_id).data.tags["tuning.resumes"] == "1"

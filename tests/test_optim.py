@@ -165,11 +165,22 @@ def takes_positions(x_train, x_test):
     return {"loss": {{choice([1.0])}}, "status": STATUS_OK}
 
 
+def returns_a_width():
+    x_train, x_test = np.zeros((4, 3)), np.ones((2, 3))
+    return x_train, x_test, x_train.shape[1]
+
+
+def takes_a_width(x_train, x_test, width=64):
+    return {"loss": {{choice([1.0])}}, "status": STATUS_OK}
+
+
 def test_values_data_returns_in_the_parameters_order_go_by_position_and_a_dicts_by_key():
     x_train, x_test = Recipe.from_functions(takes_positions, returns_an_expression).load_data()
     assert (x_train == 0).all() and (x_test == 1).all()
 
     assert Recipe.from_functions(takes_positions, lambda: {"x_test": 1, "x_train": 0}).load_data() == (0, 1)
+    width = Recipe.from_functions(takes_a_width, returns_a_width).load_data()[2]
+    assert width == 3  # not its default: the values fit in order, and a name for each is not enough
     with pytest.raises(RecipeError, match=r"data\(\) returned one generator, but takes_positions"):
         Recipe.from_functions(takes_positions, lambda: (v for v in (0, 1))).load_data()
     with pytest.raises(RecipeError, match=r"data\(\) returned 3 item\(s\), but takes_positions\(x_train, "
@@ -183,6 +194,16 @@ def with_a_metric_of_the_users_module(x_train, y_train, x_test, y_test):
     net.compile(optimizer="adam", loss="categorical_crossentropy", metrics=[agreement])
     net.fit(x_train[:200], y_train[:200], epochs=1, verbose=0)
     return {"loss": -net.evaluate(x_test, y_test, verbose=0)[1], "status": STATUS_OK, "model": net}
+
+
+def test_custom_objects_are_the_scripts_own_and_its_users_modules_not_installed_packages():
+    from sklearn.metrics import mean_squared_error
+
+    from tuning.recipe import custom_objects
+
+    namespace = {"__name__": "script", "mse": mean_squared_error, "f1": agreement, "keras": keras,
+                 "Dense": keras.layers.Dense, "Trials": Trials}
+    assert custom_objects(namespace) == {"f1": agreement, "agreement": agreement}
 
 
 def test_the_best_model_reloads_with_a_metric_imported_from_the_users_own_module():

@@ -98,7 +98,8 @@ class Patience:
                 fault = _fault(error)
                 if fault is None and isinstance(error, OSError):
                     raise ConfigurationError(
-                        f"the tracking store {self.uri} cannot use {error.filename}: {error.strerror} "
+                        f"the tracking store {self.uri} cannot use {error.filename or 'a path'}: "
+                        f"{error.strerror} "
                         "(is the experiment's artifact location a folder this process may write?)") from error
                 if fault is None:
                     raise

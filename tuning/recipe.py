@@ -24,7 +24,9 @@ import contextvars
 import importlib.machinery
 import inspect
 import itertools
+import os
 import sys
+import sysconfig
 import traceback
 import types
 from collections.abc import Callable, Mapping
@@ -136,6 +138,12 @@ class Recipe:
         raise RecipeError("trials in other processes (--trial-timeout, --trial-max-memory, --isolate, "
                           "--parallelism) need a recipe file; this model was not read from one")
 
+    def data_name(self) -> str:
+        """The name ``data`` has in the recipe's namespace: what another process, which runs
+        the file, looks it up by (``from loaders import digits as data`` is ``data``)."""
+        names = [name for name, value in self.namespace.items() if value is self.data]
+        return names[0] if names and self.template.data_function not in names else self.template.data_function
+
     def custom_objects(self) -> dict[str, Any]:
         """What Keras needs to reload a model the recipe built: see :func:`custom_objects`."""
         return custom_objects(self.namespace)
@@ -181,10 +189,10 @@ class Recipe:
         positional = [p for p in signature.parameters.values()
                       if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         named = [p.name for p in itertools.takewhile(lambda p: p.name in variables, positional)]
-        if all(p.default is not p.empty for p in positional[len(named):]):
-            by_name = tuple(variables[name] for name in named)
-            if not _fits(signature, returned) or (by_name and all(any(v is r for r in returned)
-                                                                   for v in by_name)):
+        by_name = tuple(variables[name] for name in named)
+        if _fits(signature, by_name):
+            reordered = bool(by_name) and sorted(map(id, by_name)) == sorted(map(id, returned))
+            if reordered or not _fits(signature, returned):
                 return by_name
         if _fits(signature, returned):  # once here, rather than in every trial
             return returned
@@ -269,17 +277,31 @@ def own_objects(namespace: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def custom_objects(namespace: Mapping[str, Any]) -> dict[str, Any]:
-    """The functions and classes a recipe defines or imports (a loss, a metric, a layer, a
-    ``Lambda``'s function; from the script or from the user's own modules, e.g. ``from
-    metrics import f1``), by their names in the recipe and their own: what Keras needs to
-    reload a model that uses them. Keras' and TensorFlow's own it finds itself."""
+    """The functions and classes a recipe defines or imports from the user's own modules (a
+    loss, a metric, a layer, a ``Lambda``'s function; ``from metrics import f1``), by their
+    names in the recipe and their own: what Keras needs to reload a model that uses them.
+    Not those of installed packages: Keras finds its own, and a ``mse`` of scikit-learn's
+    would take the place of Keras' ``"mse"``."""
     objects: dict[str, Any] = {}
     for name, value in namespace.items():
-        package = (getattr(value, "__module__", None) or "").split(".")[0]
-        if (inspect.isfunction(value) or inspect.isclass(value)) and package not in _KERAS_PACKAGES:
+        if (inspect.isfunction(value) or inspect.isclass(value)) and _users(value, namespace):
             objects.setdefault(value.__name__, value)  # the name Keras saved it under
             objects[name] = value
     return objects
+
+
+_INSTALLED = tuple({os.path.join(sysconfig.get_paths()[key], "")
+                    for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+def _users(value: Any, namespace: Mapping[str, Any]) -> bool:
+    """Whether ``value`` is the recipe's own, or comes from a module outside installed packages."""
+    module = getattr(value, "__module__", None) or ""
+    if module == namespace.get("__name__"):
+        return True
+    file = getattr(sys.modules.get(module), "__file__", None)
+    return (file is not None and module.split(".")[0] not in _KERAS_PACKAGES
+            and not os.path.abspath(file).startswith(_INSTALLED))
 
 
 def _fits(signature: inspect.Signature, values: tuple[Any, ...]) -> bool:

@@ -248,8 +248,6 @@ def importance(trials: Sequence[Point]) -> dict[str, float]:
     return dict(sorted(shares.items(), key=lambda item: -item[1]))
 
 
-
-
 def _newest_study(tracker: Tracker, experiment_id: str, experiment: str) -> Any:
     found = next(tracker.runs(experiment_id, f"tags.`{KIND_TAG}` = 'study'", limit=1,
                               order_by=["attributes.start_time DESC"]), None)

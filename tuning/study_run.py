@@ -13,6 +13,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +23,7 @@ from hyperopt import Trials
 
 from tuning import history, signals
 from tuning.distributions import Distribution
-from tuning.errors import ConfigurationError, StoreError, TrackingError
+from tuning.errors import ConfigurationError, TrackingError
 from tuning.lease import Lease
 from tuning.objective import Objective
 from tuning.recipe import Recipe
@@ -167,9 +168,11 @@ def start_study_run(tracker: Tracker, experiment_id: str, recipe: Recipe,
         tracker.log_json(run_id, _describe(recipe, distributions), "space.json")
         tracker.log_text(run_id, recipe.template.source, f"recipe/{_source_name(recipe)}")
     except Exception as error:  # e.g. an artifact location it cannot write: no run left RUNNING
-        if not isinstance(error, TrackingError) or isinstance(error, StoreError):
-            tracker.log(run_id, tags={"tuning.error": str(error)})
-            tracker.end_run(run_id, "FAILED")
+        if not isinstance(error, TrackingError):  # (a store that is away takes no more writes)
+            with suppress(TrackingError):
+                tracker.log(run_id, tags={"tuning.error": str(error)})
+            with suppress(TrackingError):
+                tracker.end_run(run_id, "FAILED")
         raise
     return run_id
 
@@ -181,19 +184,21 @@ _OPTION_KINDS = ("choice", "pchoice", "randint")
 def _check_same_space(tracker: Tracker, run_id: str, recipe: Recipe,
                       distributions: dict[str, Distribution]) -> None:
     """A resumed study reads its trials' values as values of the recipe's markers: they may
-    not have come or gone, changed kind, or (a choice) changed options since it started; a
-    range may change."""
-    space = tracker.read_json(run_id, "space.json") or {}
-    started = {name: entry["distribution"] for name, entry in space.items()}
+    not have come or gone, changed kind, or (a choice) changed its number of options since
+    it started; a range may change. (Options are compared by count: their text holds
+    addresses, ``<function relu at 0x…>``, that differ from process to process.)"""
+    started = tracker.read_json(run_id, "space.json") or {}
     if not started:
         return
-    now = {name: d.describe() for name, d in distributions.items()}
-    differences = [f"{name} added: {now[name]}" for name in now if name not in started]
-    differences += [f"{name} removed (was {started[name]})" for name in started if name not in now]
-    for name in now.keys() & started.keys():
-        kind, was = now[name].split("(")[0], started[name].split("(")[0]
-        if kind != was or (kind in _OPTION_KINDS and now[name] != started[name]):
-            differences.append(f"{name}: {started[name]} became {now[name]}")
+    differences = [f"{name} added: {d.describe()}" for name, d in distributions.items()
+                   if name not in started]
+    differences += [f"{name} removed (was {entry['distribution']})" for name, entry in started.items()
+                    if name not in distributions]
+    for name in distributions.keys() & started.keys():
+        now, was = distributions[name], started[name]
+        options = len(now.grid or ()) != len(was.get("values") or ())
+        if now.kind != was["distribution"].split("(")[0] or (now.kind in _OPTION_KINDS and options):
+            differences.append(f"{name}: {was['distribution']} became {now.describe()}")
     if differences:
         raise ConfigurationError(
             f"{recipe.template.filename}: the search space changed since study {run_id} started "

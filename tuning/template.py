@@ -452,14 +452,17 @@ def _script_functions(tree: ast.Module, found: list[_Found]) -> tuple[str, str]:
     """The model and data functions of a file without ``def model``: see Template.from_source."""
     defined = {node.name: node for node in tree.body
                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
-    if "model" in defined:
-        return "model", "data"
     for node in ast.walk(tree):
         called = getattr(node, "func", None)
         if isinstance(node, ast.Call) and getattr(called, "attr", getattr(called, "id", None)) in _SEARCHES:
-            named = {k.arg: k.value.id for k in node.keywords if isinstance(k.value, ast.Name)}
-            if named.get("model") in defined:
-                return named["model"], named.get("data", "data")
+            # hyperas' minimize(model, data, …): by keyword or by position
+            named = dict(zip(("model", "data"), node.args, strict=False))
+            named.update((k.arg, k.value) for k in node.keywords if k.arg in ("model", "data"))
+            names = {k: v.id for k, v in named.items() if isinstance(v, ast.Name)}
+            if names.get("model") in defined:
+                return names["model"], names.get("data", "data")
+    if "model" in defined:
+        return "model", "data"
     holders = {name for name, node in defined.items()
                if any(node.lineno <= f.line <= (node.end_lineno or node.lineno) for f in found)} - {"data"}
     return (holders.pop(), "data") if len(holders) == 1 else ("model", "data")

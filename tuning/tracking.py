@@ -95,17 +95,23 @@ def _check_alive(experiment: Any) -> None:
 
 def _check_uri(uri: str) -> None:
     """A URI MLflow 3 can track in, or the one to write instead."""
-    scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
-    if scheme in ("", "file"):  # MLflow 3 refuses to write a folder store ("maintenance mode")
-        path = os.path.abspath(urllib.parse.urlparse(uri).path if scheme else uri)
-        database = path if path.endswith((".db", ".sqlite")) else os.path.join(path, "mlflow.db")
-        raise TrackingError(f"the tracking URI {uri!r} is a path: MLflow 3 tracks in a database or a "
-                            f"server; use sqlite:///{database} (or http://host:port; `mlflow "
-                            "migrate-filestore` moves an old mlruns folder into a database)")
-    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+    parsed = urllib.parse.urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if uri in ("databricks", "databricks-uc") or scheme in ("databricks", "databricks-uc"):
+        return
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        # MLflow 3 refuses to write a folder store ("maintenance mode"), which is also its
+        # default where ./mlruns holds runs.
+        path = os.path.abspath(parsed.path if scheme else uri)
+        folder = os.path.dirname(path) if os.path.basename(path) == "mlruns" else path
+        database = path if path.endswith((".db", ".sqlite")) else os.path.join(folder, "mlflow.db")
+        raise TrackingError(f"the tracking URI {uri!r} is a folder store: MLflow 3 tracks in a database "
+                            f"or a server; use sqlite:///{database} (`mlflow migrate-filestore` moves "
+                            "a folder's runs into it), or set MLFLOW_ALLOW_FILE_STORE=true")
+    if scheme == "sqlite" and parsed.netloc:
         raise TrackingError(f"the tracking URI {uri!r} has two slashes: write sqlite:///relative/path.db "
                             "or sqlite:////absolute/path.db")
-    if scheme not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"):
+    if scheme not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "", "file"):
         raise TrackingError(f"unsupported tracking URI {uri!r}: use http://host:port, "
                             "sqlite:///path.db or a database URI")
 

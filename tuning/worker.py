@@ -84,7 +84,7 @@ class TrialSpec:
     @classmethod
     def of(cls, setup: TrialSetup) -> TrialSpec:
         recipe = setup.recipe
-        functions = (recipe.template.function, getattr(recipe.data, "__name__", "data"))
+        functions = (recipe.template.function, recipe.data_name())
         return cls(recipe.template.filename, recipe.file_source(), functions, recipe.data_path,
                    setup.tracker.uri, setup.tracker.patience.seconds, setup.experiment_id,
                    setup.study_run_id, setup.options, setup.retries)
