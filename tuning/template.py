@@ -121,9 +121,9 @@ class Template:
     def from_source(cls, source: str, filename: str = "<string>", function: str = "model") -> Template:
         """Compile recipe source text; ``function`` is the only one markers may sit in.
 
-        A script without a ``model`` function (hyperas' ``create_model``) names its own: the
-        ``model=`` and ``data=`` of its ``optim.minimize(...)`` call, else the one function
-        that holds markers (then ``data()`` is its data function).
+        With ``function`` left as ``model``, a script may name its own (hyperas'
+        ``create_model``): the model and data its ``optim.minimize(...)`` call passes, else
+        ``model`` and ``data``, else the one function that holds markers, with ``data``.
         """
         found = _scan(source, filename)
         names = _assign_names(found, filename)
@@ -449,7 +449,7 @@ _SEARCHES = ("minimize", "best_models", "best_ensemble")  # hyperas' optim funct
 
 
 def _script_functions(tree: ast.Module, found: list[_Found]) -> tuple[str, str]:
-    """The model and data functions of a file without ``def model``: see Template.from_source."""
+    """The model and data functions of a recipe file: see Template.from_source."""
     defined = {node.name: node for node in tree.body
                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
     for node in ast.walk(tree):
