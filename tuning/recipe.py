@@ -190,11 +190,12 @@ class Recipe:
                       if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         named = [p.name for p in itertools.takewhile(lambda p: p.name in variables, positional)]
         by_name = tuple(variables[name] for name in named)
+        fits = _fits(signature, returned)  # checked once here, rather than in every trial
         if _fits(signature, by_name):
             reordered = bool(by_name) and sorted(map(id, by_name)) == sorted(map(id, returned))
-            if reordered or not _fits(signature, returned):
+            if reordered or not fits:
                 return by_name
-        if _fits(signature, returned):  # once here, rather than in every trial
+        if fits:
             return returned
         what = f"{len(returned)} item(s)" if len(returned) != 1 else f"one {type(returned[0]).__name__}"
         raise RecipeError(f"{self.template.filename}: data() returned {what}, but "

@@ -25,6 +25,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Metric, Param, Run, RunTag
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -99,7 +100,7 @@ def _check_uri(uri: str) -> None:
     scheme = parsed.scheme.split("+")[0]
     if uri in ("databricks", "databricks-uc") or scheme in ("databricks", "databricks-uc"):
         return
-    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+    if scheme in ("", "file") and not MLFLOW_ALLOW_FILE_STORE.get():
         # MLflow 3 refuses to write a folder store ("maintenance mode"), which is also its
         # default where ./mlruns holds runs.
         path = os.path.abspath(parsed.path if scheme else uri)
