@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -22,7 +23,8 @@ def runs(store: str, experiment: str = "recipe") -> tuple:
     return client, study, trials
 
 
-def test_every_trial_is_a_child_run_with_params_metrics_and_model(write_recipe, store):
+def test_every_trial_is_a_child_run_with_params_metrics_and_model(write_recipe, store, tmp_path,
+                                                                 monkeypatch):
     recipe = write_recipe(epochs=2)
     study = tuning.minimize(recipe, max_evals=3, seed=7, tracking_uri=store, progress=False)
 
@@ -63,8 +65,12 @@ def test_every_trial_is_a_child_run_with_params_metrics_and_model(write_recipe, 
 
     # The best model reloads, through the Keras flavor and pyfunc, and predicts.
     x = np.random.default_rng(0).random((3, 64)).astype("float32")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where MLflow downloads a model to load
     keras_model = tuning.load_best("recipe", tracking_uri=store)
     assert keras_model.predict(x, verbose=0).shape == (3, 10)
+    assert list(temp.iterdir()) == []  # no copy of the model left behind (MLflow leaves one)
     mlflow.set_tracking_uri(store)
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{best.info.run_id}/model")
     assert np.asarray(pyfunc.predict(x)).shape == (3, 10)

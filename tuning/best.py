@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -141,15 +142,18 @@ def load_best(which: str, tracking_uri: str | None = None,
 
     tracker = Tracker.reader(tracking_uri)
     uri = _model_uri(tracker, which)
-    with using_uri(tracker.uri), quiet_downloads():  # MLflow's loader reads the process-wide URI
+    # MLflow downloads the model into a temporary folder it never deletes (mlflow#887):
+    # a copy per load, left in /tmp. Keras reads the whole file, so ours goes once loaded.
+    with (using_uri(tracker.uri), quiet_downloads(),  # MLflow's loader reads the process-wide URI
+          tempfile.TemporaryDirectory(prefix="tuning-model-") as folder):
         try:
             try:
-                return mlflow.keras.load_model(uri, custom_objects=custom_objects)
+                return mlflow.keras.load_model(uri, folder, custom_objects)
             except (TypeError, ValueError):  # Keras: "Could not locate function 'contrastive_loss'"
                 objects = None if custom_objects is not None else _recipe_objects(tracker, uri)
                 if not objects:
                     raise
-                return mlflow.keras.load_model(uri, custom_objects=objects)
+                return mlflow.keras.load_model(uri, folder, objects)
         except (MlflowException, OSError, TypeError, ValueError) as error:
             why = _deleted(tracker, uri) or error
             raise TrackingError(f"cannot load the model at {uri}: {why}") from None

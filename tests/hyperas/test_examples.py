@@ -14,6 +14,7 @@ import numbers
 import runpy
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import keras
@@ -47,7 +48,7 @@ SCRIPTS = {
                     set()),
     "lstm.py": (3, ["Dropout", "batch_size"], {"batch_size"}, {"keras_weights.keras"}),
     "mnist_ensemble.py": (4, ["Dropout", "Dense", "Dropout_1"], {"Dense"}, set()),
-    "mnist_distributed.py": (3, ["layer_1_size", "l1_dropout"], set(), set()),
+    "mnist_distributed.py": (3, ["layer_1_size", "l1_dropout"], set(), set()),  # + its .h5 in /tmp
     "simple_notebook_multiple_inputs.py": (3, ["Dropout", "Dense", "Dropout_1", "batch_size"],
                                            {"Dense", "batch_size"}, set()),
 }
@@ -56,9 +57,11 @@ SCRIPTS = {
 @pytest.fixture
 def hyperas_env(tmp_path, monkeypatch, mlflow_server, request):
     """An empty working folder; the store and experiment as MLflow's variables set them."""
-    work = tmp_path / "work"
+    work, temp = tmp_path / "work", tmp_path / "temp"
     work.mkdir()
+    temp.mkdir()
     monkeypatch.chdir(work)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # what is left in /tmp is checked
     experiment = f"hyperas-{request.node.name}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
@@ -109,6 +112,8 @@ def test_a_hyperas_example_runs_with_one_import_changed(script, hyperas_env, mlf
     best = min((r for r in study[1]), key=lambda r: r.data.metrics["hyperopt_loss"])
     assert result["best_model"].count_params() == tuning.load_best(best.info.run_id).count_params()
     assert {p.name for p in work.iterdir()} == written  # no temp_model.py, no store of ours
+    left = {p.suffix for p in Path(tempfile.gettempdir()).iterdir()}  # no model copies, no logs
+    assert left == ({".h5"} if script == "mnist_distributed.py" else set()), left
 
 
 @pytest.mark.slow
