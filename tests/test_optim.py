@@ -13,6 +13,7 @@ import mlflow
 import mlflow.keras
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hyperas.distributions import choice  # noqa: F401 - as hyperas scripts do, for linters
 from hyperopt import STATUS_OK, Trials, rand, tpe
 from mlflow import MlflowClient
@@ -21,6 +22,7 @@ from sklearn.datasets import load_digits
 import tuning
 from tests.user_metrics import agreement
 from tuning import optim
+from tuning.cli import main
 from tuning.errors import RecipeError
 from tuning.recipe import Recipe
 
@@ -241,10 +243,6 @@ def test_a_script_that_searches_at_module_level_runs_only_the_search_asked_for(t
     """No ``if __name__ == "__main__":`` (a notebook saved as a script): loading the file for
     ``tuning run`` stops where its own search would start. The functions are those its search
     names, as hyperas' scripts name them."""
-    from click.testing import CliRunner
-
-    from tuning.cli import main
-
     script = tmp_path / "searches.py"
     data_function, model_function = names
     source = MODULE_LEVEL_SEARCH.replace("def data(", f"def {data_function}(")
@@ -259,6 +257,46 @@ def test_a_script_that_searches_at_module_level_runs_only_the_search_asked_for(t
     assert sorted(r.data.tags.get("tuning.kind") for r in runs) == ["study", "trial", "trial"]
     assert not (tmp_path / "after_the_search.txt").exists()
     assert not (tmp_path / "mlflow.db").exists()  # the script's own search would have used it
+
+
+OLDER_HYPERAS = """
+from hyperopt import STATUS_OK
+from hyperas.distributions import choice, conditional, uniformint
+
+
+def data():
+    return [1, 2], [3]
+
+
+def model(x_train, x_test):
+    if conditional({{choice(['three', 'four'])}}) == 'four':
+        return {"loss": 0.0, "status": STATUS_OK}
+    return {"loss": float({{uniformint(1, 3)}}), "status": STATUS_OK}
+"""
+
+
+def test_tuning_run_gives_scripts_the_names_hyperas_dropped_or_added_after_its_last_release(
+        tmp_path, monkeypatch):
+    """``conditional`` (hyperas 0.4.0's README, removed in 2018) and ``uniformint`` (hyperas'
+    master, not on the package index) import from ``hyperas.distributions`` as they did."""
+    import hyperas.distributions
+
+    for name in ("conditional", "uniformint"):  # as a process that did not import tuning.optim
+        monkeypatch.delattr(hyperas.distributions, name, raising=False)
+    script = tmp_path / "older_hyperas.py"
+    script.write_text(OLDER_HYPERAS)
+    store = f"sqlite:///{tmp_path / 'older.db'}"
+    result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, "--max-evals", "4"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("older_hyperas").experiment_id],
+                              "tags.`tuning.kind` = 'trial'")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:  # hyperas' names: the call each marker is the first argument of
+        assert run.data.params["conditional"] in {"three", "four"}
+        assert run.data.params["float"] in {"1", "2", "3"}
+        assert run.data.metrics["hyperopt_loss"] == (
+            0.0 if run.data.params["conditional"] == "four" else float(run.data.params["float"]))
 
 
 def always_fails(x_train, y_train, x_test, y_test):

@@ -211,3 +211,27 @@ class Distribution:
     def describe(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
         return f"{self.kind}({', '.join(parts)})"
+
+
+def conditional(value: Any) -> Any:
+    """hyperas 0.4.0's ``conditional``: the value itself, read in ``if
+    conditional({{choice(['three', 'four'])}}) == 'four':``."""
+    return value
+
+
+def complete_hyperas() -> None:
+    """Give ``hyperas.distributions`` the names scripts import from it that the installed
+    hyperas lacks: ``conditional``, in its README's example until hyperas removed it in
+    2018, and ``uniformint``, added after 0.4.1, its last release on the package index.
+
+    Called when ``tuning.optim`` is imported and before a recipe file runs, so that a
+    script's ``from hyperas.distributions import choice, conditional`` works after its
+    ``from tuning import optim``. Names hyperas has are left as they are.
+    """
+    try:
+        import hyperas.distributions as module
+    except ImportError:  # a recipe without hyperas scripts needs none of this
+        return
+    for name, value in (("conditional", conditional), ("uniformint", hp.uniformint)):
+        if not hasattr(module, name):
+            setattr(module, name, value)

@@ -26,6 +26,7 @@ from typing import Any
 from hyperopt import Trials
 
 from tuning.best import load_best
+from tuning.distributions import complete_hyperas
 from tuning.ensemble import VotingModel
 from tuning.errors import NoTrialsError
 from tuning.recipe import Recipe
@@ -36,6 +37,8 @@ from tuning.tracking import Tracker
 from tuning.trial import TrialResult
 
 __all__ = ["VotingModel", "best_ensemble", "best_models", "minimize"]
+
+complete_hyperas()  # the script's next line may be `from hyperas.distributions import conditional`
 
 
 def minimize(model: Callable[..., Any], data: Callable[..., Any], algo: Callable[..., Any],

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuning.distributions import complete_hyperas
 from tuning.errors import RecipeError, TemplateError
 from tuning.quiet import tensorflow_start_up
 from tuning.template import PARAM_FUNCTION, Template, param_value, read_source
@@ -231,6 +232,7 @@ def run_file(template: Template, first_load: bool = True) -> dict[str, Any]:
             _check_not_shadowing(path)
         sys.path.insert(0, str(path.parent))
         _RECIPE_FOLDERS.add(path.parent)
+    complete_hyperas()  # an older hyperas script's `from hyperas.distributions import conditional`
     loading = _LOADING.set(True)
     try:
         with tensorflow_start_up():  # the recipe's own `import keras`, most often

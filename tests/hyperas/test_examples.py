@@ -33,6 +33,11 @@ SCRIPTS = {
     "mnist_readme.py": (5, ["Dropout", "Dense", "Activation", "Dropout_1", "Dropout_2", "add",
                             "optimizer", "batch_size"],
                         {"Dense", "Activation", "Dropout_2", "add", "optimizer", "batch_size"}, set()),
+    # hyperas 0.4.0's README: `if conditional({{choice(['three', 'four'])}}) == 'four':`
+    "mnist_readme_0_4_0.py": (5, ["Dropout", "Dense", "Activation", "Dropout_1", "conditional", "add",
+                                  "optimizer", "batch_size"],
+                              {"Dense", "Activation", "conditional", "add", "optimizer", "batch_size"},
+                              set()),
     "complex.py": (5, ["Dropout", "Dense", "Activation", "Dropout_1", "Dropout_2", "add", "optimizer",
                        "batch_size"], {"Dense", "Activation", "Dropout_2", "add", "optimizer", "batch_size"},
                    set()),
