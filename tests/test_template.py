@@ -149,6 +149,36 @@ def test_function_object_with_hyperas_markers_keeps_file_lines():
     assert template.filename == __file__
 
 
+SEVERAL_MODELS = """
+def data():
+    return [1], [2]
+
+
+def cnn(x_train, x_test):
+    dense = {{choice([1, 2])}}
+    return dense
+
+
+def lstm(x_train, x_test):
+    dense = {{uniform(0, 1)}}
+    return dense
+
+
+best_run, best_model = optim.minimize(model=lstm, data=data, algo=tpe.suggest, max_evals=5,
+                                      trials=Trials())
+"""
+
+
+@pytest.mark.parametrize("function", ["model", "lstm"])  # `tuning run`; a worker told the name
+def test_a_script_with_several_models_reads_only_the_markers_of_the_one_searched(function):
+    """As hyperas does: the other models' ``{{…}}`` stay Python that nothing calls."""
+    template = Template.from_source(SEVERAL_MODELS, "script.py", function)
+    assert template.function == "lstm"
+    assert [(m.name, m.expression, m.line) for m in template.markers] == [("dense", "uniform(0, 1)", 12)]
+    assert "dense = {{choice([1, 2])}}" in template.code
+    template.compile()
+
+
 @pytest.mark.parametrize(("source", "message", "line"), [
     ("def model(x):\n    return <<unifrom(0, 1)>>\n",
      "unknown distribution 'unifrom'.*did you mean 'uniform'", 2),
@@ -163,6 +193,12 @@ def test_function_object_with_hyperas_markers_keeps_file_lines():
     ("def model(x):\n    return <<choice([<<uniform(0, 1)>>])>>\n", "cannot be nested", 2),
     ("x = <<uniform(0, 1)>>\n\ndef model(x):\n    return x\n", "outside the model function", 1),
     ("def data():\n    return <<uniform(0, 1)>>\n", "defines no model", 2),
+    ("def data():\n    return {{uniform(0, 1)}}\n\ndef model(x):\n    return x\n",
+     r"in data\(\), which runs once for the whole search: move the marker.* into model\(\)", 2),
+    ("def other():\n    return <<uniform(0, 1)>>\n\ndef model(x):\n    return x\n",
+     r"places it outside model\(\)", 2),
+    ("def block():\n    return {{choice([8, 16])}}\n\ndef model(x):\n    return block()\n",
+     r"in block\(\), which model\(\) uses: pass the value to block\(\) instead", 2),
     ("def model(x):\n    a = <<uniform(0, 1, name='a')>>\n    b = <<uniform(0, 1, name='a')>>\n",
      "two markers are named 'a'", 2),
     ("def model(x):\n    return <<choice(OPTIONS)>>\n", "OPTIONS", 2),

@@ -132,7 +132,12 @@ class Template:
         data_function = "data"
         if function == "model":
             function, data_function = _script_functions(tree, found)
-        _check_placement(tree, filename, function, found)
+        searched = _searched(tree, function, data_function, found)
+        if len(searched) < len(found):  # name and rewrite only the markers of this search
+            found = searched
+            names = _assign_names(found, filename)
+            code = _rewrite(source, found, names)
+        _check_placement(tree, filename, function, data_function, found)
         markers = tuple(
             Marker(name, m.expression, m.line, m.column, m.explicit_name is not None, m.builders)
             for name, m in zip(names, found, strict=True)
@@ -187,6 +192,7 @@ class _Found:
     line: int
     column: int
     builders: tuple[tuple[str, str], ...] = ()
+    style: str = "<<"  # or hyperas' "{{"
 
 
 _OPERAND_END = {")", "]", "}"}
@@ -269,7 +275,7 @@ def _scan(source: str, filename: str) -> list[_Found]:
         inner = _text(lines, tokens[first].start, tokens[close].start) if close > first else ""
         expression, explicit, builders = _parse_marker(inner, style, filename, start[0])
         found.append(_Found(start, end, expression, _identifier_before(tokens, i), explicit,
-                            start[0], start[1], builders))
+                            start[0], start[1], builders, style))
         i = close + (1 if style == "<<" else 2)
     return found
 
@@ -446,12 +452,12 @@ def _parse(code: str, filename: str, found: list[_Found]) -> ast.Module:
 
 
 _SEARCHES = ("minimize", "best_models", "best_ensemble")  # hyperas' optim functions
+_Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
 def _script_functions(tree: ast.Module, found: list[_Found]) -> tuple[str, str]:
     """The model and data functions of a recipe file: see Template.from_source."""
-    defined = {node.name: node for node in tree.body
-               if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    defined = _functions(tree)
     for node in ast.walk(tree):
         called = getattr(node, "func", None)
         if isinstance(node, ast.Call) and getattr(called, "attr", getattr(called, "id", None)) in _SEARCHES:
@@ -463,23 +469,66 @@ def _script_functions(tree: ast.Module, found: list[_Found]) -> tuple[str, str]:
                 return names["model"], names.get("data", "data")
     if "model" in defined:
         return "model", "data"
-    holders = {name for name, node in defined.items()
-               if any(node.lineno <= f.line <= (node.end_lineno or node.lineno) for f in found)} - {"data"}
+    holders = {holder for f in found if (holder := _holder(defined, f))} - {"data"}
     return (holders.pop(), "data") if len(holders) == 1 else ("model", "data")
 
 
-def _check_placement(tree: ast.Module, filename: str, function: str, found: list[_Found]) -> None:
+def _functions(tree: ast.Module) -> dict[str, _Function]:
+    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def _holder(functions: Mapping[str, _Function], f: _Found) -> str | None:
+    """The module-level function whose body holds the marker, if any."""
+    return next((name for name, node in functions.items()
+                 if node.lineno <= f.line <= (node.end_lineno or node.lineno)), None)
+
+
+def _used_by(functions: Mapping[str, _Function], function: str) -> set[str]:
+    """The module's functions that ``function`` reaches by name, itself included."""
+    reached, todo = set(), [function]
+    while todo:
+        name = todo.pop()
+        if name in functions and name not in reached:
+            reached.add(name)
+            todo.extend(node.id for node in ast.walk(functions[name]) if isinstance(node, ast.Name))
+    return reached
+
+
+def _searched(tree: ast.Module, function: str, data_function: str, found: list[_Found]) -> list[_Found]:
+    """The markers this search reads: all but hyperas' ``{{…}}`` in the script's other
+    functions that the model does not use (its other models). hyperas reads only the
+    model's markers, and ``{{…}}`` is valid Python, so a script may hold several models."""
+    functions = _functions(tree)
+    used = _used_by(functions, function) | {data_function}
+
+    def elsewhere(f: _Found) -> bool:
+        holder = _holder(functions, f)
+        return f.style == "{{" and holder is not None and holder not in used
+
+    return [f for f in found if not elsewhere(f)]
+
+
+def _check_placement(tree: ast.Module, filename: str, function: str, data_function: str,
+                     found: list[_Found]) -> None:
     if not found:
         return
-    spans = [(node.lineno, node.end_lineno or node.lineno) for node in tree.body
-             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == function]
+    functions = _functions(tree)
     for f in found:
-        if not any(first <= f.line <= last for first, last in spans):
-            why = (f"defines no {function}() (a script may name its own: optim.minimize(model=…, data=…))"
-                   if not spans else f"places it outside {function}()")
-            raise TemplateError(f"marker for {f.expression} is outside the model function: the "
-                                f"recipe {why}; markers may only appear in the body of "
-                                f"{function}()", filename, f.line)
+        holder = _holder(functions, f)
+        if holder == function:
+            continue
+        if function not in functions:
+            why = f"defines no {function}() (a script may name its own: optim.minimize(model=…, data=…))"
+        elif holder == data_function:
+            why = (f"places it in {holder}(), which runs once for the whole search: move the marker, "
+                   f"and the work that uses its value, into {function}()")
+        elif holder is not None and holder in _used_by(functions, function):
+            why = f"places it in {holder}(), which {function}() uses: pass the value to {holder}() instead"
+        else:
+            why = f"places it outside {function}()"
+        raise TemplateError(f"marker for {f.expression} is outside the model function: the "
+                            f"recipe {why}; markers may only appear in the body of "
+                            f"{function}()", filename, f.line)
 
 
 def _evaluate(marker: Marker, filename: str, namespace: Mapping[str, Any] | None) -> Distribution:
