@@ -7,7 +7,7 @@ import pytest
 from hyperopt import hp
 from hyperopt.pyll import stochastic
 
-from tuning.distributions import NAMES, Distribution, DistributionError
+from tuning.distributions import NAMES, Distribution, DistributionError, complete_hyperas
 
 
 def samples(d: Distribution, n: int = 50) -> list:
@@ -15,12 +15,14 @@ def samples(d: Distribution, n: int = 50) -> list:
     return [stochastic.sample(d.to_hyperopt("x"), rng=rng) for _ in range(n)]
 
 
-def test_vocabulary_is_hyperas_plus_uniformint():
+def test_vocabulary_is_hyperas_with_the_names_its_last_release_lacks():
     import hyperas.distributions as hyperas
 
-    hyperas_names = {n for n in dir(hyperas) if not n.startswith("_")}
-    assert hyperas_names <= set(NAMES)
-    assert set(NAMES) - hyperas_names == {"uniformint"}
+    released = {n for n in dir(hyperas) if not n.startswith("_")} - {"conditional", "uniformint"}
+    assert set(NAMES) - released == {"uniformint"}  # hyperas' master has it, 0.4.1 not
+    complete_hyperas()
+    assert {n for n in dir(hyperas) if not n.startswith("_")} == set(NAMES) | {"conditional"}
+    assert hyperas.conditional("four") == "four"  # hyperas 0.4.0's: the value itself
 
 
 @pytest.mark.parametrize(("kind", "args", "expected_type"), [
