@@ -149,6 +149,22 @@ def test_function_object_with_hyperas_markers_keeps_file_lines():
     assert template.filename == __file__
 
 
+def conv_block():
+    return {{choice([8, 16])}}  # noqa: F821 (a set literal, never run)
+
+
+def calls_conv_block(x):
+    return conv_block() * x
+
+
+def test_a_marker_in_a_function_the_model_calls_is_refused_with_where_to_move_it():
+    """hyperas reads only the model's markers; this one would fail in every trial."""
+    with pytest.raises(TemplateError, match=r"places it in conv_block\(\), which calls_conv_block\(\) "
+                                            r"uses: pass the value to conv_block\(\) instead") as info:
+        Template.from_function(calls_conv_block)
+    assert (info.value.filename, info.value.line) == (__file__, conv_block.__code__.co_firstlineno + 1)
+
+
 SEVERAL_MODELS = """
 def data():
     return [1], [2]

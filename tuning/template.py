@@ -167,7 +167,9 @@ class Template:
             ) from None
         # Pad with blank lines so the compiled code keeps the file's line numbers.
         source = "\n" * (first - 1) + textwrap.dedent("".join(lines))
-        return cls.from_source(source, filename, fn.__name__)
+        template = cls.from_source(source, filename, fn.__name__)
+        _check_helpers(fn)
+        return template
 
     def compile(self) -> Any:
         """The code object of the rewritten source, with the recipe's file name."""
@@ -523,12 +525,50 @@ def _check_placement(tree: ast.Module, filename: str, function: str, data_functi
             why = (f"places it in {holder}(), which runs once for the whole search: move the marker, "
                    f"and the work that uses its value, into {function}()")
         elif holder is not None and holder in _used_by(functions, function):
-            why = f"places it in {holder}(), which {function}() uses: pass the value to {holder}() instead"
+            raise _in_helper(f, holder, function, filename)
         else:
             why = f"places it outside {function}()"
         raise TemplateError(f"marker for {f.expression} is outside the model function: the "
                             f"recipe {why}; markers may only appear in the body of "
                             f"{function}()", filename, f.line)
+
+
+def _in_helper(f: _Found, helper: str, function: str, filename: str) -> TemplateError:
+    return TemplateError(f"marker for {f.expression} is outside the model function: the recipe "
+                         f"places it in {helper}(), which {function}() uses: pass the value to "
+                         f"{helper}() instead; markers may only appear in the body of {function}()",
+                         filename, f.line)
+
+
+def _check_helpers(fn: Callable[..., Any]) -> None:
+    """Refuse a ``{{…}}`` marker in a function of ``fn``'s module that ``fn`` calls: only the
+    model's markers are read (as in hyperas), and that one would fail in every trial."""
+    seen: set[Any] = set()
+    todo = [fn]
+    while todo:
+        caller = todo.pop()
+        for name in _names(caller.__code__):
+            helper = caller.__globals__.get(name)
+            if (not inspect.isfunction(helper) or helper in seen or helper is fn
+                    or helper.__module__ != fn.__module__):
+                continue
+            seen.add(helper)
+            todo.append(helper)
+            where = helper.__code__.co_filename  # a notebook's other cell, or the same file
+            try:
+                lines, first = inspect.getsourcelines(helper)
+                found = _scan("\n" * (first - 1) + textwrap.dedent("".join(lines)), where)
+            except (OSError, TypeError, TemplateError):
+                continue  # no source to read, or none the scanner takes: nothing to tell
+            for f in found:
+                if f.style == "{{":
+                    raise _in_helper(f, helper.__name__, fn.__name__, where)
+
+
+def _names(code: Any) -> set[str]:
+    """The global names a code object and the functions nested in it use."""
+    nested = (c for c in code.co_consts if inspect.iscode(c))
+    return set(code.co_names).union(*map(_names, nested))
 
 
 def _evaluate(marker: Marker, filename: str, namespace: Mapping[str, Any] | None) -> Distribution:
