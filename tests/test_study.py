@@ -78,6 +78,39 @@ def test_every_trial_is_a_child_run_with_params_metrics_and_model(write_recipe, 
     assert study.best.params == {n: type(study.best.params[n])(best.data.params[n]) for n in names}
 
 
+PANDAS_DATA = """
+import keras
+import pandas as pd
+from sklearn.datasets import load_iris
+
+
+def data():
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    y = pd.get_dummies(y).astype("float32")
+    return x[:120], y[:120], x[120:], y[120:]
+"""
+
+
+def test_a_tabular_recipe_whose_data_are_dataframes_logs_its_models(write_recipe, store):
+    """pandas' frames describe themselves by column, which MLflow's Keras flavor refuses:
+    the signature is of the arrays Keras trains on."""
+    recipe = write_recipe(header=PANDAS_DATA, model='''
+    def model(x_train, y_train, x_test, y_test):
+        net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(<<choice([8, 16])>>),
+                                keras.layers.Dense(3, activation="softmax")])
+        net.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+        net.fit(x_train, y_train, epochs=EPOCHS, verbose=0)
+        return net
+    ''')
+    study = tuning.minimize(recipe, max_evals=2, tracking_uri=store, progress=False)
+    _, _, trials = runs(store)
+    assert [r.info.status for r in trials] == ["FINISHED", "FINISHED"]
+    mlflow.set_tracking_uri(store)
+    model = mlflow.models.get_model_info(f"runs:/{study.best.run_id}/model")
+    assert model.signature.inputs.inputs[0].shape == (-1, 4)
+    assert model.signature.outputs.inputs[0].shape == (-1, 3)
+
+
 @pytest.mark.slow
 def test_failing_and_nan_trials_are_failed_runs_and_the_search_goes_on(write_recipe, store):
     recipe = write_recipe(model='''

@@ -16,6 +16,7 @@ def signature(model: Any, x_sample: Any | None) -> Any:
 
     if x_sample is None:
         return None
+    x_sample = _arrays(x_sample)
     shape = getattr(model, "output_shape", None)
     if isinstance(shape, tuple) and all(isinstance(d, int | None) for d in shape):
         outputs = np.zeros((_rows(x_sample), *shape[1:]), dtype="float32")
@@ -26,9 +27,23 @@ def signature(model: Any, x_sample: Any | None) -> Any:
             return None
     inputs = _by_name(x_sample, [getattr(t, "name", None) for t in getattr(model, "inputs", None) or ()])
     try:
-        return infer_signature(inputs, _by_name(outputs, getattr(model, "output_names", None) or ()))
+        found = infer_signature(inputs, _by_name(outputs, getattr(model, "output_names", None) or ()))
     except Exception:  # noqa: BLE001 - same
         return None
+    # The Keras flavor refuses a signature of columns (strings, mixed lists): none, then.
+    return found if found.inputs.is_tensor_spec() and found.outputs.is_tensor_spec() else None
+
+
+def _arrays(x: Any) -> Any:
+    """pandas' DataFrames and Series (what ``data()`` of a tabular recipe returns, and Keras
+    takes) as the arrays Keras sees: MLflow would describe them by column, which the Keras
+    flavor refuses."""
+    if isinstance(x, dict):
+        return {k: _arrays(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_arrays(v) for v in x]
+    to_numpy = getattr(x, "to_numpy", None)  # pandas' (and polars') frames and series
+    return to_numpy() if callable(to_numpy) else x
 
 
 def _rows(x: Any) -> int:
