@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hyperopt import hp
@@ -78,3 +80,10 @@ def test_same_expression_as_hyperopt():
     ours = Distribution.create("loguniform", -5, 0).to_hyperopt("lr")
     rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
     assert stochastic.sample(ours, rng=rng1) == stochastic.sample(hp.loguniform("lr", -5, 0), rng=rng2)
+
+
+def test_numpy_numbers_read_as_plain_numbers():
+    """``tuning space`` and space.json show what the recipe means, not numpy's repr."""
+    assert Distribution.create("loguniform", np.log(1e-5), np.float64(-2)).describe() == \
+        f"loguniform({math.log(1e-5)!r}, -2.0)"
+    assert Distribution.create("choice", [np.int64(8), 16]).describe() == "choice([8, 16])"

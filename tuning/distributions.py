@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
+import numpy as np
 from hyperopt import hp
 from hyperopt.pyll import scope
 
@@ -209,8 +210,18 @@ class Distribution:
         return None
 
     def describe(self) -> str:
-        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
+        parts = [repr(_plain(a)) for a in self.args] + [f"{k}={_plain(v)!r}" for k, v in self.kwargs]
         return f"{self.kind}({', '.join(parts)})"
+
+
+def _plain(value: Any) -> Any:
+    """numpy's numbers as Python's, so that ``loguniform(np.log(1e-5), …)`` reads
+    ``loguniform(-11.512925464970229, …)``, not ``np.float64(-11.51…)``."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return type(value)(map(_plain, value))
+    return value
 
 
 def conditional(value: Any) -> Any:
