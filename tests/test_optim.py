@@ -259,6 +259,29 @@ def test_a_script_that_searches_at_module_level_runs_only_the_search_asked_for(t
     assert not (tmp_path / "mlflow.db").exists()  # the script's own search would have used it
 
 
+def test_a_line_after_the_scripts_main_block_that_uses_its_result_does_not_stop_tuning_run(tmp_path):
+    """``print(best_run)`` left unindented after ``if __name__ == "__main__":`` (a notebook
+    exported as a script): ``python script.py`` runs it; loading the file, where the block
+    does not run, it raises NameError, and the load ends there with every function defined."""
+    script = tmp_path / "trailing.py"
+    head, _ = MODULE_LEVEL_SEARCH.split("best_run, best_model =")
+    script.write_text(head + 'if __name__ == "__main__":\n    optim.minimize(model=model, data=data, '
+                      'algo=tpe.suggest, max_evals=3, trials=Trials())\n'
+                      'Path("after_the_search.txt").write_text(str(best_run))\n')
+    store = f"sqlite:///{tmp_path / 'trailing.db'}"
+    result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, "--max-evals", "2"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("trailing").experiment_id])
+    assert sorted(r.data.tags.get("tuning.kind") for r in runs) == ["study", "trial", "trial"]
+    assert not (tmp_path / "after_the_search.txt").exists()
+
+    script.write_text(script.read_text().replace("def data():", "undefined_name\n\n\ndef data():"))
+    result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, "--max-evals", "2"])
+    assert result.exit_code != 0  # a line before the block is the recipe's own: its error stands
+    assert "NameError: name 'undefined_name' is not defined" in result.output
+
+
 OLDER_HYPERAS = """
 from hyperopt import STATUS_OK
 from hyperas.distributions import choice, conditional, uniformint

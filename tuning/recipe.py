@@ -19,6 +19,7 @@ constant       meaning                               default
 
 from __future__ import annotations
 
+import ast
 import builtins
 import contextvars
 import importlib.machinery
@@ -353,9 +354,23 @@ def _execute(template: Template, namespace: dict[str, Any]) -> None:
     try:
         exec(template.compile(), namespace)  # noqa: S102 - the user's own recipe
     except Exception as error:
+        if _after_main_block(template, error):
+            return  # the script's own run, which hyperas never runs either: the functions are there
         raise RecipeError(f"{template.filename}: running the recipe raised "
                           f"{type(error).__name__}: {error}\n"
                           f"{_user_frames(error, template.filename)}") from error
+
+
+def _after_main_block(template: Template, error: BaseException) -> bool:
+    """Whether the module-level line that raised follows the script's ``if __name__ ==
+    "__main__":`` block: a line of its own run that uses what the block made
+    (``print(best_run)``), which fails when the block does not run."""
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+             if f.filename == template.filename and f.name == "<module>"]
+    guards = [node.lineno for node in ast.parse(template.code).body
+              if isinstance(node, ast.If) and ast.unparse(node.test).replace("'", '"')
+              in ('__name__ == "__main__"', '"__main__" == __name__')]
+    return bool(lines and guards and lines[0] is not None and lines[0] > min(guards))
 
 
 def _user_frames(error: BaseException, filename: str) -> str:
