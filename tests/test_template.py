@@ -165,6 +165,48 @@ def test_a_marker_in_a_function_the_model_calls_is_refused_with_where_to_move_it
     assert (info.value.filename, info.value.line) == (__file__, conv_block.__code__.co_firstlineno + 1)
 
 
+HELPER_AND_IMPORT = """
+def f1_score(y_true, y_pred):
+    return "the script's helper"
+
+
+def model():
+    from sklearn.metrics import (accuracy_score,
+                                 f1_score)
+    import os.path as paths
+    return f1_score(1, 0), accuracy_score.__name__, paths.sep, {{choice([1, 2])}}
+
+
+if __name__ == "__main__":
+    optim.minimize(model=model, data=data, functions=[f1_score], algo=tpe.suggest, max_evals=5,
+                   trials=Trials())
+"""
+
+
+def test_an_import_in_the_model_does_not_rebind_a_helper_its_functions_name():
+    """hyperas moves the model's imports above the ``functions=`` helpers: the helper wins."""
+    template = Template.from_source(HELPER_AND_IMPORT, "script.py")
+    assert template.code.count("\n") == HELPER_AND_IMPORT.count("\n")  # lines stay where they were
+    namespace = {PARAM_FUNCTION: param_value, "__name__": "script"}
+    exec(template.compile(), namespace)
+    with assigned({"choice": 2}):
+        assert namespace["model"]() == ("the script's helper", "accuracy_score", "/", 2)
+
+
+def imports_its_own_join():
+    from os.path import join
+    return join("a", "b"), {{choice([1, 2])}}  # noqa: F821 (a set literal until compiled)
+
+
+def test_a_helper_passed_to_optim_is_not_rebound_by_the_models_import():
+    template = Template.from_function(imports_its_own_join, ["join"])
+    namespace = {PARAM_FUNCTION: param_value, "join": lambda *parts: "the helper"}
+    exec(template.compile(), namespace)
+    with assigned({"choice": 1}):
+        assert namespace["imports_its_own_join"]() == ("the helper", 1)
+    assert Template.from_function(imports_its_own_join).code.count("from os.path import join") == 1
+
+
 SEVERAL_MODELS = """
 def data():
     return [1], [2]

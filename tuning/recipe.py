@@ -116,7 +116,7 @@ class Recipe:
                        functions: list[Callable[..., Any]] | None = None) -> Recipe:
         """Compile a ``{{…}}``-templated function defined in a script or notebook cell."""
         _not_while_loading()
-        template = Template.from_function(model)
+        template = Template.from_function(model, [f.__name__ for f in functions or ()])
         # The function's own globals (imports, helpers), its closure, and our lookup.
         namespace = dict(getattr(model, "__globals__", {}))
         closure = zip(model.__code__.co_freevars, model.__closure__ or (), strict=True)

@@ -29,7 +29,7 @@ import linecache
 import os
 import textwrap
 import tokenize
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,12 +118,16 @@ class Template:
     data_function: str = "data"
 
     @classmethod
-    def from_source(cls, source: str, filename: str = "<string>", function: str = "model") -> Template:
+    def from_source(cls, source: str, filename: str = "<string>", function: str = "model",
+                    helpers: Collection[str] = ()) -> Template:
         """Compile recipe source text; ``function`` is the only one markers may sit in.
 
         With ``function`` left as ``model``, a script may name its own (hyperas'
         ``create_model``): the model and data its ``optim.minimize(...)`` call passes, else
         ``model`` and ``data``, else the one function that holds markers, with ``data``.
+
+        ``helpers`` are hyperas' ``functions=`` (the call's, too): as hyperas moves the
+        model's imports above them, an import in the model does not rebind their names.
         """
         found = _scan(source, filename)
         names = _assign_names(found, filename)
@@ -138,6 +142,7 @@ class Template:
             names = _assign_names(found, filename)
             code = _rewrite(source, found, names)
         _check_placement(tree, filename, function, data_function, found)
+        code = _without_imports_of(code, function, {*helpers, *_helpers_named(tree)})
         markers = tuple(
             Marker(name, m.expression, m.line, m.column, m.explicit_name is not None, m.builders)
             for name, m in zip(names, found, strict=True)
@@ -154,7 +159,7 @@ class Template:
         return cls.from_source(read_source(path), str(path), function)
 
     @classmethod
-    def from_function(cls, fn: Callable[..., Any]) -> Template:
+    def from_function(cls, fn: Callable[..., Any], helpers: Collection[str] = ()) -> Template:
         """Compile a function written with ``{{…}}`` markers (in a script or notebook cell)."""
         try:
             lines, first = inspect.getsourcelines(fn)
@@ -167,7 +172,7 @@ class Template:
             ) from None
         # Pad with blank lines so the compiled code keeps the file's line numbers.
         source = "\n" * (first - 1) + textwrap.dedent("".join(lines))
-        template = cls.from_source(source, filename, fn.__name__)
+        template = cls.from_source(source, filename, fn.__name__, helpers)
         _check_helpers(fn)
         return template
 
@@ -457,18 +462,48 @@ _SEARCHES = ("minimize", "best_models", "best_ensemble")  # hyperas' optim funct
 _Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
-def _script_functions(tree: ast.Module, found: list[_Found]) -> tuple[str, str]:
-    """The model and data functions of a recipe file: see Template.from_source."""
-    defined = _functions(tree)
+def _search_calls(tree: ast.Module) -> Iterator[dict[str, ast.expr]]:
+    """The arguments of each hyperas ``minimize(model, data, …)`` call in the file, by name."""
     for node in ast.walk(tree):
         called = getattr(node, "func", None)
         if isinstance(node, ast.Call) and getattr(called, "attr", getattr(called, "id", None)) in _SEARCHES:
-            # hyperas' minimize(model, data, …): by keyword or by position
-            named = dict(zip(("model", "data"), node.args, strict=False))
-            named.update((k.arg, k.value) for k in node.keywords if k.arg in ("model", "data"))
-            names = {k: v.id for k, v in named.items() if isinstance(v, ast.Name)}
-            if names.get("model") in defined:
-                return names["model"], names.get("data", "data")
+            named = dict(zip(("model", "data"), node.args, strict=False))  # by keyword or by position
+            yield {**named, **{k.arg: k.value for k in node.keywords if k.arg}}
+
+
+def _helpers_named(tree: ast.Module) -> set[str]:
+    """The names in the ``functions=[…]`` of the file's searches."""
+    lists = [call["functions"] for call in _search_calls(tree) if "functions" in call]
+    return {item.id for value in lists if isinstance(value, ast.List | ast.Tuple)
+            for item in value.elts if isinstance(item, ast.Name)}
+
+
+def _without_imports_of(code: str, function: str, names: set[str]) -> str:
+    """``code`` without the imports in ``function`` that bind one of ``names`` (each left as
+    ``pass``, on as many lines)."""
+    model = _functions(ast.parse(code)).get(function) if names else None
+    if model is None:
+        return code
+    lines = code.splitlines(keepends=True)
+    dropped = [node for node in ast.walk(model) if isinstance(node, ast.Import | ast.ImportFrom)
+               and any((a.asname or a.name.split(".")[0]) in names for a in node.names)]
+    for node in sorted(dropped, key=lambda n: n.lineno, reverse=True):
+        kept = [a for a in node.names if (a.asname or a.name.split(".")[0]) not in names]
+        replacement = ast.unparse(type(node)(**{**vars(node), "names": kept})) if kept else "pass"
+        first, last = node.lineno - 1, (node.end_lineno or node.lineno) - 1
+        head = lines[first].encode()[:node.col_offset].decode()  # offsets count UTF-8 bytes
+        tail = lines[last].encode()[node.end_col_offset:].decode()
+        lines[first:last + 1] = [head + replacement + "\n" * (last - first) + tail]
+    return "".join(lines)
+
+
+def _script_functions(tree: ast.Module, found: list[_Found]) -> tuple[str, str]:
+    """The model and data functions of a recipe file: see Template.from_source."""
+    defined = _functions(tree)
+    for call in _search_calls(tree):
+        names = {k: v.id for k, v in call.items() if k in ("model", "data") and isinstance(v, ast.Name)}
+        if names.get("model") in defined:
+            return names["model"], names.get("data", "data")
     if "model" in defined:
         return "model", "data"
     holders = {holder for f in found if (holder := _holder(defined, f))} - {"data"}
