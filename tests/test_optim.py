@@ -282,6 +282,30 @@ def test_a_line_after_the_scripts_main_block_that_uses_its_result_does_not_stop_
     assert "NameError: name 'undefined_name' is not defined" in result.output
 
 
+def test_tuning_run_searches_as_the_scripts_own_call_asks_unless_flags_say_otherwise(tmp_path):
+    """The script's ``optim.minimize(algo=rand.suggest, max_evals=3, rseed=7)`` is what
+    ``python script.py`` runs: ``tuning run`` runs the same search, and its flags win."""
+    script = tmp_path / "asks.py"
+    source = MODULE_LEVEL_SEARCH.replace("from hyperopt import", "from hyperopt import rand,")
+    script.write_text(source.replace("algo=tpe.suggest,", "algo=rand.suggest, rseed=7,"))
+    store = f"sqlite:///{tmp_path / 'asks.db'}"
+
+    def study(*flags: str) -> tuple[dict, int]:
+        result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, *flags])
+        assert result.exit_code == 0, result.output
+        client = MlflowClient(store)
+        runs = client.search_runs([client.get_experiment_by_name("asks").experiment_id],
+                                  order_by=["attributes.start_time DESC"])
+        parent = next(r for r in runs if r.data.tags["tuning.kind"] == "study")
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        return parent.data.params, len(trials)
+
+    params, trials = study()
+    assert (params["algo"], params["seed"], trials) == ("rand", "7", 3)
+    params, trials = study("--max-evals", "2", "--algo", "tpe", "--seed", "3")
+    assert (params["algo"], params["seed"], trials) == ("tpe", "3", 2)
+
+
 OLDER_HYPERAS = """
 from hyperopt import STATUS_OK
 from hyperas.distributions import choice, conditional, uniformint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import re
 import traceback
 from pathlib import Path
@@ -205,6 +206,28 @@ def test_a_helper_passed_to_optim_is_not_rebound_by_the_models_import():
     with assigned({"choice": 1}):
         assert namespace["imports_its_own_join"]() == ("the helper", 1)
     assert Template.from_function(imports_its_own_join).code.count("from os.path import join") == 1
+
+
+def test_the_hyperas_calls_read_by_position_are_tuning_optims_own():
+    import tuning.optim
+    from tuning.template import _SEARCHES
+
+    for name, leading in _SEARCHES.items():
+        parameters = list(inspect.signature(getattr(tuning.optim, name)).parameters)
+        assert parameters[:len(leading)] == list(leading)
+
+
+@pytest.mark.parametrize(("call", "defaults"), [
+    ("minimize(model=model, data=data, algo=rand.suggest, max_evals=3, trials=Trials(), rseed=7)",
+     (("MAX_EVALS", "3"), ("ALGO", "rand.suggest"), ("SEED", "7"))),
+    ("optim.minimize(model, data, tpe.suggest, EVALS, Trials())",
+     (("MAX_EVALS", "EVALS"), ("ALGO", "tpe.suggest"), ("SEED", "1337"))),  # hyperas' seed
+    ("optim.best_ensemble(5, model, data, rand.suggest, 4, Trials(), voting='hard')",
+     (("MAX_EVALS", "4"), ("ALGO", "rand.suggest"), ("SEED", "1337"))),
+])
+def test_a_scripts_hyperas_call_gives_the_recipes_defaults(call, defaults):
+    source = f"def data():\n    return ()\n\n\ndef model():\n    return {{{{uniform(0, 1)}}}}\n\n\n{call}\n"
+    assert Template.from_source(source, "script.py").call_defaults == defaults
 
 
 SEVERAL_MODELS = """

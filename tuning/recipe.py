@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import contextvars
 import importlib.machinery
 import inspect
@@ -109,6 +110,10 @@ class Recipe:
                 f"{' and '.join(m + '()' for m in missing)} missing (functions found: "
                 f"{', '.join(defined) or 'none'})")
         defaults = {k: namespace[k] for k in DEFAULT_NAMES if k in namespace}
+        for name, expression in template.call_defaults:  # the script's optim.minimize(max_evals=3, …)
+            if name not in defaults:
+                with contextlib.suppress(Exception):  # max_evals=args.evals: known only when it runs
+                    defaults[name] = eval(expression, dict(namespace))  # noqa: S307 - the user's own code
         return cls(template, namespace, namespace[template.function], namespace[data], defaults)
 
     @classmethod

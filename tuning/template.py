@@ -116,6 +116,9 @@ class Template:
     function: str
     markers: tuple[Marker, ...]
     data_function: str = "data"
+    # The recipe constants a script's hyperas call gives (``max_evals=3`` is ``MAX_EVALS``),
+    # as the text of its arguments, for the recipe to evaluate in the script's namespace.
+    call_defaults: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_source(cls, source: str, filename: str = "<string>", function: str = "model",
@@ -134,8 +137,9 @@ class Template:
         code = _rewrite(source, found, names)
         tree = _parse(code, filename, found)
         data_function = "data"
+        call_defaults: tuple[tuple[str, str], ...] = ()
         if function == "model":
-            function, data_function = _script_functions(tree, found)
+            function, data_function, call_defaults = _script_functions(tree, found)
         searched = _searched(tree, function, data_function, found)
         if len(searched) < len(found):  # name and rewrite only the markers of this search
             found = searched
@@ -152,7 +156,7 @@ class Template:
             # recipe shipped to a Spark executor on another host).
             lines = io.StringIO(source).readlines()  # as the tokenizer splits them
             linecache.cache[filename] = (len(source), None, lines, filename)
-        return cls(source, code, filename, function, markers, data_function)
+        return cls(source, code, filename, function, markers, data_function, call_defaults)
 
     @classmethod
     def from_file(cls, path: str | Path, function: str = "model") -> Template:
@@ -458,7 +462,16 @@ def _parse(code: str, filename: str, found: list[_Found]) -> ast.Module:
         raise TemplateError(f"{error.msg}{hint}", filename, error.lineno) from None
 
 
-_SEARCHES = ("minimize", "best_models", "best_ensemble")  # hyperas' optim functions
+# hyperas' optim functions and their leading parameters (tuning.optim's signatures are
+# hyperas'), which a script may pass by position.
+_SEARCHES = {
+    "minimize": ("model", "data", "algo", "max_evals", "trials", "functions", "rseed"),
+    "best_models": ("nb_models", "model", "data", "algo", "max_evals", "trials", "functions"),
+    "best_ensemble": ("nb_ensemble_models", "model", "data", "algo", "max_evals", "trials"),
+}
+# A call's arguments that are a recipe's constants; hyperas seeds with 1337 when not told.
+_CALL_DEFAULTS = {"max_evals": "MAX_EVALS", "algo": "ALGO", "rseed": "SEED"}
+_HYPERAS_SEED = "1337"
 _Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
@@ -466,8 +479,9 @@ def _search_calls(tree: ast.Module) -> Iterator[dict[str, ast.expr]]:
     """The arguments of each hyperas ``minimize(model, data, …)`` call in the file, by name."""
     for node in ast.walk(tree):
         called = getattr(node, "func", None)
-        if isinstance(node, ast.Call) and getattr(called, "attr", getattr(called, "id", None)) in _SEARCHES:
-            named = dict(zip(("model", "data"), node.args, strict=False))  # by keyword or by position
+        parameters = _SEARCHES.get(str(getattr(called, "attr", getattr(called, "id", ""))), ())
+        if isinstance(node, ast.Call) and parameters:
+            named = dict(zip(parameters, node.args, strict=False))  # by keyword or by position
             yield {**named, **{k.arg: k.value for k in node.keywords if k.arg}}
 
 
@@ -497,17 +511,22 @@ def _without_imports_of(code: str, function: str, names: set[str]) -> str:
     return "".join(lines)
 
 
-def _script_functions(tree: ast.Module, found: list[_Found]) -> tuple[str, str]:
-    """The model and data functions of a recipe file: see Template.from_source."""
+def _script_functions(tree: ast.Module, found: list[_Found]
+                      ) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """The model and data functions of a recipe file (see Template.from_source), and the
+    constants its hyperas call gives."""
     defined = _functions(tree)
     for call in _search_calls(tree):
         names = {k: v.id for k, v in call.items() if k in ("model", "data") and isinstance(v, ast.Name)}
         if names.get("model") in defined:
-            return names["model"], names.get("data", "data")
+            given = {constant: ast.unparse(call[argument])
+                     for argument, constant in _CALL_DEFAULTS.items() if argument in call}
+            given.setdefault("SEED", _HYPERAS_SEED)
+            return names["model"], names.get("data", "data"), tuple(given.items())
     if "model" in defined:
-        return "model", "data"
+        return "model", "data", ()
     holders = {holder for f in found if (holder := _holder(defined, f))} - {"data"}
-    return (holders.pop(), "data") if len(holders) == 1 else ("model", "data")
+    return (holders.pop(), "data", ()) if len(holders) == 1 else ("model", "data", ())
 
 
 def _functions(tree: ast.Module) -> dict[str, _Function]:
