@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -217,6 +218,20 @@ def test_a_recipe_in_another_encoding_is_read_as_its_coding_line_says(tmp_path):
     assert f"{unnamed}: cannot decode the recipe ('utf-8' codec can't decode byte 0xe9" in result.output
     assert ("save it as UTF-8, or name its encoding in a first-line comment such as "
             "# -*- coding: latin-1 -*-") in result.output
+
+
+def test_a_notebook_given_as_a_recipe_says_how_to_run_it(tmp_path):
+    notebook = tmp_path / "search.ipynb"
+    notebook.write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {"scrolled": False},
+                                               "source": ["def model():\n", "    return {{choice([1])}}\n"],
+                                               "outputs": [], "execution_count": None}],
+                                    "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    result = CliRunner().invoke(main, ["run", str(notebook), "--tracking-uri", f"sqlite:///{tmp_path}/s.db"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert (f"{notebook}: a notebook is not a recipe file: run its cells in Jupyter with `from tuning "
+            "import optim`") in result.output
+    assert "jupyter nbconvert --to script search.ipynb" in result.output
+    assert not (tmp_path / "s.db").exists()
 
 
 def test_a_marker_inside_an_f_string_says_to_name_it_first(write_recipe):

@@ -83,6 +83,11 @@ def assigned(values: Mapping[str, Any]) -> Iterator[None]:
 def read_source(path: str | Path) -> str:
     """A Python file's text, decoded as Python decodes it: UTF-8 unless a ``# -*- coding: … -*-``
     line (or a BOM) says otherwise."""
+    if Path(path).suffix == ".ipynb":  # JSON, which would run as Python until a `false`
+        raise TemplateError("a notebook is not a recipe file: run its cells in Jupyter with `from "
+                            "tuning import optim` (every search is tracked there), or export it with "
+                            f"`jupyter nbconvert --to script {Path(path).name}` and run the .py",
+                            str(path))
     try:
         with tokenize.open(path) as file:
             return file.read()
