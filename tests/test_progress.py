@@ -63,3 +63,9 @@ def test_a_loss_model_returned_itself_is_shown_as_a_loss() -> None:
     reporter.trial_ended(TrialResult(2, "run", TrialStatus.OK, {}, loss=0.125, seconds=1.0, own_loss=True))
     assert "trial 1: val_loss 0.25 ▼" in _plain(console)
     assert "trial 2: loss 0.125 ▼ (model()'s)" in _plain(console)
+
+
+def test_a_negated_zero_reads_zero() -> None:
+    """``return {"loss": -f1, …}`` with f1 = 0, and an accuracy of 0, read 0, not -0."""
+    assert Objective.create("accuracy").shown(-0.0) == "accuracy 0 ▲"
+    assert Objective.create("accuracy").shown(-0.0, own=True) == "loss 0 ▼ (model()'s)"

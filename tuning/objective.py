@@ -51,10 +51,10 @@ class Objective:
     def shown(self, loss: float, own: bool = False) -> str:
         """A trial's result in the user's terms: ``accuracy 0.9756 ▲``, not hyperopt's -0.9756.
         ``own``: the loss model() returned itself (hyperas' dict), shown as it is."""
-        if own:
-            return f"loss {loss:.4g} ▼ (model()'s)"
+        if own:  # (+ 0.0: a negated zero, -0.0, reads 0)
+            return f"loss {loss + 0.0:.4g} ▼ (model()'s)"
         name, arrow = self.label.rsplit(" ", 1)
-        return f"{name} {self.loss(loss):.4g} {arrow}"
+        return f"{name} {self.loss(loss) + 0.0:.4g} {arrow}"
 
     def find(self, *sources: dict[str, float]) -> float | None:
         names = (self.metric, *_ACCURACY_ALIASES.get(self.metric, ()))
