@@ -306,6 +306,42 @@ def test_tuning_run_searches_as_the_scripts_own_call_asks_unless_flags_say_other
     assert (params["algo"], params["seed"], trials) == ("tpe", "3", 2)
 
 
+NOTEBOOK_CELL = """
+def cell_data():
+    return [1], [2]
+
+
+def create_model(x_train, x_test):
+    return {"loss": {{uniform(0, 1)}}, "status": "ok"}
+"""
+
+
+def test_a_notebooks_searches_go_to_an_experiment_named_after_the_notebook(tmp_path, monkeypatch):
+    """Code in a notebook's cells has no file: its experiment is hyperas' ``notebook_name=``,
+    else the notebook Jupyter names in ``JPY_SESSION_NAME``, not the model function's name."""
+    import linecache
+
+    cell = "/tmp/ipykernel_4242/1234567.py"  # where IPython says a cell's code is
+    lines = NOTEBOOK_CELL.splitlines(True)
+    monkeypatch.setitem(linecache.cache, cell, (len(NOTEBOOK_CELL), None, lines, cell))
+    namespace: dict = {"__name__": "__main__"}
+    exec(compile(NOTEBOOK_CELL, cell, "exec"), namespace)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+
+    def search(**notebook: str) -> None:
+        optim.minimize(model=namespace["create_model"], data=namespace["cell_data"], algo=rand.suggest,
+                       max_evals=1, trials=Trials(), verbose=False, **notebook)
+
+    search(notebook_name="hyperas_search")
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/me/work/digits cnn.ipynb")
+    search()
+    monkeypatch.delenv("JPY_SESSION_NAME")
+    search()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    names = {e.name for e in client.search_experiments()} - {"Default"}
+    assert names == {"hyperas_search", "digits cnn", "create_model"}
+
+
 OLDER_HYPERAS = """
 from hyperopt import STATUS_OK
 from hyperas.distributions import choice, conditional, uniformint

@@ -12,7 +12,8 @@
 Differences from hyperas, all on purpose (README, "From hyperas", lists them all): no
 ``temp_model.py`` is written; the model function runs in its own module's namespace
 (plus the names ``data()`` defines, as in hyperas), so ``functions=`` and
-``notebook_name=`` are accepted but not needed; ``best_model`` is reloaded from MLflow
+``notebook_name=`` are accepted but not needed (a notebook's name is its studies'
+experiment); ``best_model`` is reloaded from MLflow
 (model objects are not kept in ``trials``, so memory stays flat); every trial is an
 MLflow run in the store and experiment the script chose with MLflow's own calls or
 variables, else ``./mlflow.db`` and the script's name.
@@ -52,7 +53,8 @@ def minimize(model: Callable[..., Any], data: Callable[..., Any], algo: Callable
     ``best_run`` holds hyperopt's raw values (choice indices) unless ``eval_space``.
     If every trial fails, the first trial's exception is raised, as hyperas raises it.
     """
-    recipe, study = _search(model, data, algo, max_evals, trials, functions, rseed, verbose, data_args)
+    recipe, study = _search(model, data, algo, max_evals, trials, functions, rseed, verbose, data_args,
+                            notebook_name)
     best = study.best
     best_run = dict(best.params) if eval_space and best else trials.argmin
     best_model = _load(best, study, recipe) if best else None
@@ -82,9 +84,11 @@ def best_ensemble(nb_ensemble_models: int, model: Callable[..., Any], data: Call
 
 def _search(model: Callable[..., Any], data: Callable[..., Any], algo: Callable[..., Any],
             max_evals: int, trials: Trials, functions: list[Callable[..., Any]] | None,
-            rseed: int, verbose: bool, data_args: tuple[Any, ...] | None) -> tuple[Recipe, StudyResult]:
+            rseed: int, verbose: bool, data_args: tuple[Any, ...] | None,
+            notebook_name: str | None = None) -> tuple[Recipe, StudyResult]:
     recipe = Recipe.from_functions(model, data, functions)
     recipe.data_args = tuple(data_args or ())
+    recipe.notebook = notebook_name
     config = StudyConfig.merge(recipe, max_evals=max_evals, algo=algo, seed=rseed, progress=verbose)
     study = run_study(recipe, config, Tracker(None), trials)
     if study.best is None:

@@ -65,14 +65,17 @@ class Recipe:
     defaults: dict[str, Any] = field(default_factory=dict)
     data_path: str | None = None  # the file given with --data, if any
     data_args: tuple[Any, ...] = ()  # what data() is called with (--data, hyperas' data_args)
+    notebook: str | None = None  # hyperas' notebook_name=, for code defined in a notebook's cells
 
     @property
     def name(self) -> str:
-        """The default experiment name: the file's stem, or the function's name for code
-        without a file of its own (a string, a notebook cell)."""
+        """The default experiment name: the file's stem; for code without a file of its own
+        (a notebook cell, a string) the notebook's name (``notebook_name=``, else the one
+        Jupyter gives its kernels in ``JPY_SESSION_NAME``), else the function's name."""
         path = Path(self.template.filename)
         if self.template.filename.startswith("<") or "ipykernel" in str(path) or path.suffix != ".py":
-            return self.template.function
+            notebook = self.notebook or os.environ.get("JPY_SESSION_NAME")
+            return Path(notebook).stem if notebook else self.template.function
         return path.stem
 
     @classmethod
