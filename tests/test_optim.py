@@ -265,8 +265,8 @@ def test_a_line_after_the_scripts_main_block_that_uses_its_result_does_not_stop_
     does not run, it raises NameError, and the load ends there with every function defined."""
     script = tmp_path / "trailing.py"
     head, _ = MODULE_LEVEL_SEARCH.split("best_run, best_model =")
-    script.write_text(head + 'if __name__ == "__main__":\n    optim.minimize(model=model, data=data, '
-                      'algo=tpe.suggest, max_evals=3, trials=Trials())\n'
+    script.write_text(head + 'if __name__ == "__main__":\n    best_run, _ = optim.minimize(model=model, '
+                      'data=data, algo=tpe.suggest, max_evals=3, trials=Trials())\n'
                       'Path("after_the_search.txt").write_text(str(best_run))\n')
     store = f"sqlite:///{tmp_path / 'trailing.db'}"
     result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, "--max-evals", "2"])
@@ -276,10 +276,16 @@ def test_a_line_after_the_scripts_main_block_that_uses_its_result_does_not_stop_
     assert sorted(r.data.tags.get("tuning.kind") for r in runs) == ["study", "trial", "trial"]
     assert not (tmp_path / "after_the_search.txt").exists()
 
-    script.write_text(script.read_text().replace("def data():", "undefined_name\n\n\ndef data():"))
-    result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, "--max-evals", "2"])
-    assert result.exit_code != 0  # a line before the block is the recipe's own: its error stands
-    assert "NameError: name 'undefined_name' is not defined" in result.output
+    source = script.read_text()
+    for other, error in [("undefined_name\n", "NameError: name 'undefined_name' is not defined"),
+                         ("SCALE = 1 / 0\n", "ZeroDivisionError: division by zero")]:
+        before = source.replace("def data():", f"{other}\n\ndef data():")  # the recipe's own line
+        # after the block, but not for want of what it makes:
+        after = source.replace('Path("after_the_search.txt").write_text(str(best_run))\n', other)
+        for text in (before, after):
+            script.write_text(text)
+            result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store])
+            assert result.exit_code == 1 and error in result.output, result.output
 
 
 def test_tuning_run_searches_as_the_scripts_own_call_asks_unless_flags_say_otherwise(tmp_path):

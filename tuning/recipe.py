@@ -26,11 +26,11 @@ import contextvars
 import importlib.machinery
 import inspect
 import itertools
+import logging
 import os
 import sys
 import sysconfig
 import traceback
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +39,13 @@ from typing import Any
 from tuning.distributions import complete_hyperas
 from tuning.errors import RecipeError, TemplateError
 from tuning.quiet import tensorflow_start_up
-from tuning.template import PARAM_FUNCTION, Template, param_value, read_source
+from tuning.template import PARAM_FUNCTION, Template, global_names, param_value, read_source
 
 DEFAULT_NAMES = ("EXPERIMENT", "MAX_EVALS", "ALGO", "SEED", "OBJECTIVE", "MODE")
 MODULE_NAME = "__tuning_recipe__"  # a recipe file's __name__: its __main__ part does not run
 _KERAS_PACKAGES = ("keras", "tensorflow", "tf_keras", "builtins")  # objects Keras finds itself
 _LOADING = contextvars.ContextVar("tuning_recipe_loading", default=False)
+_log = logging.getLogger(__name__)
 
 
 class _SearchAtModuleLevel(BaseException):
@@ -325,14 +326,9 @@ def _fits(signature: inspect.Signature, values: tuple[Any, ...]) -> bool:
 
 
 def _global_names(namespace: dict[str, Any]) -> set[str]:
-    """The global (and attribute) names read by the functions that run in ``namespace``."""
-    codes = [f.__code__ for f in namespace.values() if inspect.isfunction(f) and f.__globals__ is namespace]
-    names: set[str] = set()
-    while codes:
-        code = codes.pop()
-        names.update(code.co_names)
-        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
-    return names
+    """The global names read by the functions that run in ``namespace``."""
+    functions = [f for f in namespace.values() if inspect.isfunction(f) and f.__globals__ is namespace]
+    return set().union(*(global_names(f.__code__) for f in functions))
 
 
 def _call_keeping_locals(function: Callable[..., Any], args: tuple[Any, ...]
@@ -362,23 +358,31 @@ def _execute(template: Template, namespace: dict[str, Any]) -> None:
     try:
         exec(template.compile(), namespace)  # noqa: S102 - the user's own recipe
     except Exception as error:
-        if _after_main_block(template, error):
-            return  # the script's own run, which hyperas never runs either: the functions are there
+        line = _after_main_block(template, error)
+        if line is not None:  # the script's own run, which hyperas never runs either
+            _log.warning("%s:%d reads %r, which the script's `if __name__ == \"__main__\":` block makes; "
+                         "that block does not run here, so loading the file stops there",
+                         template.filename, line, getattr(error, "name", None))
+            return
         raise RecipeError(f"{template.filename}: running the recipe raised "
                           f"{type(error).__name__}: {error}\n"
                           f"{_user_frames(error, template.filename)}") from error
 
 
-def _after_main_block(template: Template, error: BaseException) -> bool:
-    """Whether the module-level line that raised follows the script's ``if __name__ ==
-    "__main__":`` block: a line of its own run that uses what the block made
-    (``print(best_run)``), which fails when the block does not run."""
+def _after_main_block(template: Template, error: BaseException) -> int | None:
+    """The module-level line that raised ``error``, if it follows the script's ``if __name__
+    == "__main__":`` block and reads a name that block assigns (``print(best_run)``): a line
+    of the script's own run, which fails when the block does not run."""
     lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
              if f.filename == template.filename and f.name == "<module>"]
-    guards = [node.lineno for node in ast.parse(template.code).body
+    if not isinstance(error, NameError) or not lines or lines[0] is None:
+        return None
+    guards = [node for node in ast.parse(template.code).body
               if isinstance(node, ast.If) and ast.unparse(node.test).replace("'", '"')
               in ('__name__ == "__main__"', '"__main__" == __name__')]
-    return bool(lines and guards and lines[0] is not None and lines[0] > min(guards))
+    made = {n.id for guard in guards if guard.lineno < lines[0] for statement in guard.body
+            for n in ast.walk(statement) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return lines[0] if error.name in made else None
 
 
 def _user_frames(error: BaseException, filename: str) -> str:

@@ -142,7 +142,10 @@ class StudyConfig:
             raise ConfigurationError(f"the study being resumed was run with "
                              f"{', '.join(f'{k}={stored[k]}' for k in clash)}; leave out "
                              f"{', '.join('--' + k for k in clash)} or start a new study without --resume")
-        algo = stored["algo"] if stored["algo"] in (*ALGORITHMS, GRID) else self.algo
+        # The study's own algorithm: this one when it is the same (a partial(tpe.suggest, …)
+        # keeps its arguments), else the one stored by name.
+        same = self.algo_name == stored["algo"] or stored["algo"] not in (*ALGORITHMS, GRID)
+        algo = self.algo if same else str(stored["algo"])
         objective = Objective.create(stored["objective"], stored["mode"])
         trial = dataclasses.replace(self.trial, seed=int(stored["seed"] or self.seed), objective=objective)
         return dataclasses.replace(self, algo=algo, trial=trial, fraction=float(stored["fraction"] or 1.0))

@@ -21,6 +21,7 @@ import ast
 import builtins
 import contextvars
 import difflib
+import dis
 import functools
 import inspect
 import io
@@ -29,6 +30,7 @@ import linecache
 import os
 import textwrap
 import tokenize
+import types
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -475,7 +477,7 @@ _SEARCHES = {
     "best_ensemble": ("nb_ensemble_models", "model", "data", "algo", "max_evals", "trials"),
 }
 # A call's arguments that are a recipe's constants; hyperas seeds with 1337 when not told.
-_CALL_DEFAULTS = {"max_evals": "MAX_EVALS", "algo": "ALGO", "rseed": "SEED"}
+_CALL_DEFAULTS = {"max_evals": "MAX_EVALS", "algo": "ALGO", "rseed": "SEED", "seed": "SEED"}
 _HYPERAS_SEED = "1337"
 _Function = ast.FunctionDef | ast.AsyncFunctionDef
 
@@ -503,10 +505,10 @@ def _without_imports_of(code: str, function: str, names: set[str]) -> str:
     model = _functions(ast.parse(code)).get(function) if names else None
     if model is None:
         return code
-    lines = code.splitlines(keepends=True)
+    lines = io.StringIO(code).readlines()  # as the parser counts lines (not at \x0c or \u2028)
     dropped = [node for node in ast.walk(model) if isinstance(node, ast.Import | ast.ImportFrom)
                and any((a.asname or a.name.split(".")[0]) in names for a in node.names)]
-    for node in sorted(dropped, key=lambda n: n.lineno, reverse=True):
+    for node in sorted(dropped, key=lambda n: (n.lineno, n.col_offset), reverse=True):  # last first
         kept = [a for a in node.names if (a.asname or a.name.split(".")[0]) not in names]
         replacement = ast.unparse(type(node)(**{**vars(node), "names": kept})) if kept else "pass"
         first, last = node.lineno - 1, (node.end_lineno or node.lineno) - 1
@@ -524,14 +526,23 @@ def _script_functions(tree: ast.Module, found: list[_Found]
     for call in _search_calls(tree):
         names = {k: v.id for k, v in call.items() if k in ("model", "data") and isinstance(v, ast.Name)}
         if names.get("model") in defined:
-            given = {constant: ast.unparse(call[argument])
-                     for argument, constant in _CALL_DEFAULTS.items() if argument in call}
-            given.setdefault("SEED", _HYPERAS_SEED)
+            given = {constant: ast.unparse(call[argument]) for argument, constant in _CALL_DEFAULTS.items()
+                     if argument in call and _plain_value(call[argument])}
+            if "trials" in call:  # hyperas' call (tuning.minimize takes no Trials): its seed
+                given.setdefault("SEED", _HYPERAS_SEED)
             return names["model"], names.get("data", "data"), tuple(given.items())
     if "model" in defined:
         return "model", "data", ()
     holders = {holder for f in found if (holder := _holder(defined, f))} - {"data"}
     return (holders.pop(), "data", ()) if len(holders) == 1 else ("model", "data", ())
+
+
+def _plain_value(node: ast.expr) -> bool:
+    """A literal, a name or a dotted name (``3``, ``EVALS``, ``tpe.suggest``): what a
+    recipe may take from a call without running code of the script's (``args.evals`` of a
+    parser that reads the command line, ``len(data()[0])``)."""
+    return all(isinstance(n, ast.Constant | ast.Name | ast.Attribute | ast.Load | ast.UnaryOp | ast.USub)
+               for n in ast.walk(node))
 
 
 def _functions(tree: ast.Module) -> dict[str, _Function]:
@@ -544,6 +555,17 @@ def _holder(functions: Mapping[str, _Function], f: _Found) -> str | None:
                  if node.lineno <= f.line <= (node.end_lineno or node.lineno)), None)
 
 
+def _reads(node: ast.AST) -> set[str]:
+    """The names ``node`` reads that are not its own locals (a function's parameters and
+    what it assigns): ``model = Sequential()`` in a function reads no ``model()``."""
+    own: set[str] = set()
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+        own = {a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs,
+                               node.args.vararg, node.args.kwarg) if a is not None}
+    own |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - own
+
+
 def _used_by(functions: Mapping[str, _Function], function: str) -> set[str]:
     """The module's functions that ``function`` reaches by name, itself included."""
     reached, todo = set(), [function]
@@ -551,20 +573,29 @@ def _used_by(functions: Mapping[str, _Function], function: str) -> set[str]:
         name = todo.pop()
         if name in functions and name not in reached:
             reached.add(name)
-            todo.extend(node.id for node in ast.walk(functions[name]) if isinstance(node, ast.Name))
+            todo.extend(_reads(functions[name]))
     return reached
 
 
 def _searched(tree: ast.Module, function: str, data_function: str, found: list[_Found]) -> list[_Found]:
     """The markers this search reads: all but hyperas' ``{{…}}`` in the script's other
-    functions that the model does not use (its other models). hyperas reads only the
-    model's markers, and ``{{…}}`` is valid Python, so a script may hold several models."""
+    functions that nothing in the file calls or names but a search (its other models).
+    hyperas reads only the model's markers, and ``{{…}}`` is valid Python, so a script may
+    hold several models; a marker in a function something uses stays, to be refused."""
     functions = _functions(tree)
-    used = _used_by(functions, function) | {data_function}
+    if function not in functions:
+        return found  # the error will say so
+    searched = {id(v) for call in _search_calls(tree) for k, v in call.items() if k in ("model", "data")}
+    module = [node for node in tree.body if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)]
+    named = {n.id for node in module for n in ast.walk(node)
+             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and id(n) not in searched}
+    for name, node in functions.items():
+        named |= _reads(node) - {name}
+    kept = {function, data_function} | named
 
     def elsewhere(f: _Found) -> bool:
         holder = _holder(functions, f)
-        return f.style == "{{" and holder is not None and holder not in used
+        return f.style == "{{" and holder is not None and holder not in kept
 
     return [f for f in found if not elsewhere(f)]
 
@@ -584,19 +615,21 @@ def _check_placement(tree: ast.Module, filename: str, function: str, data_functi
             why = (f"places it in {holder}(), which runs once for the whole search: move the marker, "
                    f"and the work that uses its value, into {function}()")
         elif holder is not None and holder in _used_by(functions, function):
-            raise _in_helper(f, holder, function, filename)
+            why = _in_helper(holder, function)
+        elif holder is not None:
+            why = f"places it in {holder}(), not in {function}()"
         else:
             why = f"places it outside {function}()"
-        raise TemplateError(f"marker for {f.expression} is outside the model function: the "
-                            f"recipe {why}; markers may only appear in the body of "
-                            f"{function}()", filename, f.line)
+        raise _outside(f.expression, why, function, filename, f.line)
 
 
-def _in_helper(f: _Found, helper: str, function: str, filename: str) -> TemplateError:
-    return TemplateError(f"marker for {f.expression} is outside the model function: the recipe "
-                         f"places it in {helper}(), which {function}() uses: pass the value to "
-                         f"{helper}() instead; markers may only appear in the body of {function}()",
-                         filename, f.line)
+def _in_helper(helper: str, function: str) -> str:
+    return f"places it in {helper}(), which {function}() uses: pass the value to {helper}() instead"
+
+
+def _outside(expression: str, why: str, function: str, filename: str, line: int) -> TemplateError:
+    return TemplateError(f"marker for {expression} is outside the model function: the recipe "
+                         f"{why}; markers may only appear in the body of {function}()", filename, line)
 
 
 def _check_helpers(fn: Callable[..., Any]) -> None:
@@ -606,7 +639,7 @@ def _check_helpers(fn: Callable[..., Any]) -> None:
     todo = [fn]
     while todo:
         caller = todo.pop()
-        for name in _names(caller.__code__):
+        for name in global_names(caller.__code__):
             helper = caller.__globals__.get(name)
             if (not inspect.isfunction(helper) or helper in seen or helper is fn
                     or helper.__module__ != fn.__module__):
@@ -616,18 +649,28 @@ def _check_helpers(fn: Callable[..., Any]) -> None:
             where = helper.__code__.co_filename  # a notebook's other cell, or the same file
             try:
                 lines, first = inspect.getsourcelines(helper)
-                found = _scan("\n" * (first - 1) + textwrap.dedent("".join(lines)), where)
+                text = textwrap.dedent("".join(lines))
+                found = _scan(text, where) if "{{" in text else []
             except (OSError, TypeError, TemplateError):
                 continue  # no source to read, or none the scanner takes: nothing to tell
             for f in found:
                 if f.style == "{{":
-                    raise _in_helper(f, helper.__name__, fn.__name__, where)
+                    raise _outside(f.expression, _in_helper(helper.__name__, fn.__name__), fn.__name__,
+                                   where, f.line + first - 1)
 
 
-def _names(code: Any) -> set[str]:
-    """The global names a code object and the functions nested in it use."""
-    nested = (c for c in code.co_consts if inspect.iscode(c))
-    return set(code.co_names).union(*map(_names, nested))
+_GLOBAL_READS = ("LOAD_GLOBAL", "LOAD_NAME")
+
+
+def global_names(code: types.CodeType) -> set[str]:
+    """The global names a code object and the functions nested in it read (not attributes:
+    ``self.model`` reads no ``model``)."""
+    codes, names = [code], set[str]()
+    while codes:
+        current = codes.pop()
+        names.update(i.argval for i in dis.get_instructions(current) if i.opname in _GLOBAL_READS)
+        codes.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    return names
 
 
 def _evaluate(marker: Marker, filename: str, namespace: Mapping[str, Any] | None) -> Distribution:
