@@ -342,3 +342,19 @@ def test_force_takes_over_a_lease_whose_holder_is_gone(slow_recipe, store, tmp_p
                              force=True)
     assert result.run_id == study.info.run_id and len(result.trials) == 3
     assert json.loads(client.get_run(study.info.run_id).data.tags["tuning.lease"])["pid"] == os.getpid()
+
+
+def test_a_resumed_study_keeps_its_algorithms_arguments(tmp_path):
+    """``ALGO = partial(tpe.suggest, n_startup_jobs=5)`` is recorded as ``tpe``: resumed, the
+    study goes on with the partial, not with plain ``tpe.suggest``'s 20 start-up trials."""
+    from tuning.recipe import Recipe
+    from tuning.settings import StudyConfig
+
+    path = tmp_path / "partial_algo.py"
+    path.write_text("from functools import partial\n\nfrom hyperopt import tpe\n\n"
+                    "ALGO = partial(tpe.suggest, n_startup_jobs=5)\n\n\ndef data():\n    return ()\n\n\n"
+                    "def model():\n    return {'loss': <<uniform(0, 1)>>, 'status': 'ok'}\n")
+    config = StudyConfig.merge(Recipe.from_file(path), seed=3)
+    stored = {"algo": "tpe", "seed": "3", "objective": "accuracy", "mode": "max"}
+    assert config.algo_name == "tpe" and config.resumed(stored).algo is config.algo
+    assert config.resumed({**stored, "algo": "rand"}).algo == "rand"  # the study's own, by name
