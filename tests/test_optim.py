@@ -216,6 +216,15 @@ def test_the_best_model_reloads_with_a_metric_imported_from_the_users_own_module
     assert "agreement" in best_model.evaluate(x_test, y_test, verbose=0, return_dict=True)
 
 
+def tuning_run(script: Path, store: str, *flags: str) -> list:
+    """``tuning run script`` into ``store``: the runs of the script's experiment, newest first."""
+    result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, *flags])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(store)
+    return client.search_runs([client.get_experiment_by_name(script.stem).experiment_id],
+                              order_by=["attributes.start_time DESC"])
+
+
 MODULE_LEVEL_SEARCH = """
 from pathlib import Path
 
@@ -249,11 +258,7 @@ def test_a_script_that_searches_at_module_level_runs_only_the_search_asked_for(t
     source = source.replace("def model(", f"def {model_function}(")
     script.write_text(source.replace("model=model, data=data",
                                      f"model={model_function}, data={data_function}"))
-    store = f"sqlite:///{tmp_path / 'asked.db'}"
-    result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, "--max-evals", "2"])
-    assert result.exit_code == 0, result.output
-    client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("searches").experiment_id])
+    runs = tuning_run(script, f"sqlite:///{tmp_path / 'asked.db'}", "--max-evals", "2")
     assert sorted(r.data.tags.get("tuning.kind") for r in runs) == ["study", "trial", "trial"]
     assert not (tmp_path / "after_the_search.txt").exists()
     assert not (tmp_path / "mlflow.db").exists()  # the script's own search would have used it
@@ -269,10 +274,7 @@ def test_a_line_after_the_scripts_main_block_that_uses_its_result_does_not_stop_
                       'data=data, algo=tpe.suggest, max_evals=3, trials=Trials())\n'
                       'Path("after_the_search.txt").write_text(str(best_run))\n')
     store = f"sqlite:///{tmp_path / 'trailing.db'}"
-    result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, "--max-evals", "2"])
-    assert result.exit_code == 0, result.output
-    client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("trailing").experiment_id])
+    runs = tuning_run(script, store, "--max-evals", "2")
     assert sorted(r.data.tags.get("tuning.kind") for r in runs) == ["study", "trial", "trial"]
     assert not (tmp_path / "after_the_search.txt").exists()
 
@@ -297,11 +299,7 @@ def test_tuning_run_searches_as_the_scripts_own_call_asks_unless_flags_say_other
     store = f"sqlite:///{tmp_path / 'asks.db'}"
 
     def study(*flags: str) -> tuple[dict, int]:
-        result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, *flags])
-        assert result.exit_code == 0, result.output
-        client = MlflowClient(store)
-        runs = client.search_runs([client.get_experiment_by_name("asks").experiment_id],
-                                  order_by=["attributes.start_time DESC"])
+        runs = tuning_run(script, store, *flags)
         parent = next(r for r in runs if r.data.tags["tuning.kind"] == "study")
         trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         return parent.data.params, len(trials)
@@ -374,12 +372,8 @@ def test_tuning_run_gives_scripts_the_names_hyperas_dropped_or_added_after_its_l
         monkeypatch.delattr(hyperas.distributions, name, raising=False)
     script = tmp_path / "older_hyperas.py"
     script.write_text(OLDER_HYPERAS)
-    store = f"sqlite:///{tmp_path / 'older.db'}"
-    result = CliRunner().invoke(main, ["run", str(script), "--tracking-uri", store, "--max-evals", "4"])
-    assert result.exit_code == 0, result.output
-    client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("older_hyperas").experiment_id],
-                              "tags.`tuning.kind` = 'trial'")
+    runs = [r for r in tuning_run(script, f"sqlite:///{tmp_path / 'older.db'}", "--max-evals", "4")
+            if r.data.tags["tuning.kind"] == "trial"]
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:  # hyperas' names: the call each marker is the first argument of
         assert run.data.params["conditional"] in {"three", "four"}
