@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 import tuning
+from tests.conftest import DIGITS_DATA
 
 
 def runs(store: str, experiment: str = "recipe") -> tuple:
@@ -109,6 +110,26 @@ def test_a_tabular_recipe_whose_data_are_dataframes_logs_its_models(write_recipe
     model = mlflow.models.get_model_info(f"runs:/{study.best.run_id}/model")
     assert model.signature.inputs.inputs[0].shape == (-1, 4)
     assert model.signature.outputs.inputs[0].shape == (-1, 3)
+
+
+def test_models_without_test_inputs_are_said_once_to_have_no_signature(write_recipe, store, caplog, capfd):
+    """``data()`` returning ``x, y`` gives no test inputs to describe: one line says so,
+    instead of MLflow's warning at every trial's save."""
+    recipe = write_recipe(header=DIGITS_DATA.replace("return x_train, y_train, x_test, y_test",
+                                                     "return x_train, y_train"), model='''
+    def model(x, y):
+        net = keras.Sequential([keras.Input((64,)), keras.layers.Dense(<<choice([8, 16])>>),
+                                keras.layers.Dense(10, activation="softmax")])
+        net.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+        net.fit(x, y, epochs=EPOCHS, validation_split=0.2, verbose=0)
+        return net
+    ''')
+    tuning.minimize(recipe, max_evals=3, tracking_uri=store, progress=False)
+    _, _, trials = runs(store)
+    assert [r.info.status for r in trials] == ["FINISHED"] * 3
+    assert all(r.outputs.model_outputs for r in trials)
+    assert caplog.text.count("the models are logged without a signature") == 1
+    assert "without specifying model signature" not in caplog.text + capfd.readouterr().err
 
 
 @pytest.mark.slow

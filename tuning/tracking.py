@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import tempfile
 import time
@@ -55,6 +56,23 @@ def ui_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
     return "tuning ui" if uri == default_uri() else f"tuning ui --tracking-uri {uri}"
+
+
+_log = logging.getLogger("tuning")
+_UNSIGNED = "You are saving a Keras model without specifying model signature."  # MLflow's, per save
+
+
+@contextmanager
+def _without_warning(logger: str, message: str) -> Iterator[None]:
+    """``logger`` does not log ``message`` in this block."""
+    def other(record: logging.LogRecord) -> bool:
+        return record.getMessage() != message
+
+    logging.getLogger(logger).addFilter(other)
+    try:
+        yield
+    finally:
+        logging.getLogger(logger).removeFilter(other)
 
 
 def format_value(value: Any) -> str:
@@ -135,6 +153,7 @@ class Tracker:
         with _creating(self.uri):
             self.client = MlflowClient(self.uri)
         self.patience = Patience(self.uri, patience)
+        self.unsigned = False  # a model was logged without a signature (said once, not per trial)
 
     @classmethod
     def reader(cls, tracking_uri: str | None = None) -> Tracker:
@@ -301,9 +320,14 @@ class Tracker:
                 local = os.path.join(folder, "model")
                 description = Model(artifact_path=logged.artifact_location, run_id=run_id,
                                     model_uuid=logged.model_id, model_id=logged.model_id)
-                mlflow.keras.save_model(model, local, mlflow_model=description,
-                                        signature=signature(model, x_sample),
-                                        pip_requirements=keras_requirements())
+                described = signature(model, x_sample)
+                if described is None and not self.unsigned:
+                    self.unsigned = True
+                    _log.warning("the models are logged without a signature: data() returns no test "
+                                 "inputs (x_test) to describe, or MLflow cannot describe them")
+                with _without_warning("mlflow.keras.save", _UNSIGNED):  # said above, once
+                    mlflow.keras.save_model(model, local, mlflow_model=description, signature=described,
+                                            pip_requirements=keras_requirements())
                 self.patience.call(self.client.log_model_artifacts, logged.model_id, local)
         except BaseException:  # interrupted, or failed: no model left PENDING forever
             with suppress(Exception):  # a few seconds' patience: an interrupted user is waiting
