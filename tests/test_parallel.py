@@ -159,6 +159,48 @@ def test_a_spark_trial_is_pruned_by_the_curves_of_the_trials_before_it(mlflow_se
     assert parent.data.metrics["trials_pruned"] == 1 and study.best.run_id == good.info.run_id
 
 
+# data() notes each Spark worker that loads it; the recipe, as the study (not a Spark task)
+# imports it, waits for the first such note: no worker could load it yet if Spark started
+# only after the study had loaded the recipe.
+EARLY = """
+import os
+import time
+
+import pyspark
+
+if pyspark.TaskContext.get() is None:
+    deadline = time.monotonic() + 240
+    while not LOADS.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("no Spark worker loaded the recipe while the study loaded it")
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("how", ["cli", "library"])
+def test_spark_workers_load_the_recipe_while_the_study_loads_it(mlflow_server, write_recipe, tmp_path, how):
+    # (The path is written into the recipe: an in-process study's Spark workers get the
+    # environment of the JVM that pytest's first Spark session started.)
+    loads = tmp_path / "loads.txt"
+    header = DIGITS_DATA.replace("def data():\n", "def data():\n    with open(LOADS, 'a') as f:\n"
+                                 "        print(os.getpid(), file=f)\n")
+    path = write_recipe(header=header, extra=f"from pathlib import Path\nLOADS = Path({str(loads)!r})\n" + EARLY
+                        + f"EXPERIMENT = 'early-{how}'\n")
+    if how == "cli":
+        done = subprocess.run([TUNING, "run", str(path), "--parallelism", "2", "--max-evals", "2",
+                               "--seed", "1", "--tracking-uri", mlflow_server], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    else:
+        tuning.minimize(path, max_evals=2, seed=1, parallelism=2, tracking_uri=mlflow_server, progress=False)
+    (parent,), trials = study_runs(mlflow_server, f"early-{how}")
+    assert parent.info.status == "FINISHED" and [r.info.status for r in trials] == ["FINISHED"] * 2
+    # Each of the two Python workers loaded the recipe and its data once: the trials used
+    # what was loaded early.
+    pids = loads.read_text().split()
+    assert len(pids) == 2 and len(set(pids)) == 2, pids
+
+
 def test_sigterm_cancels_running_trials_and_leaves_none_running(mlflow_server, recipe, tmp_path):
     # Each trial, once trained, sleeps until it is cancelled (600 s: longer than this test's waits).
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"

@@ -149,7 +149,7 @@ def test_a_report_of_thousands_of_trials_stays_readable_and_its_page_small(tmp_p
 
 
 def test_a_report_that_cannot_be_drawn_warns_and_never_raises(study, caplog):
-    with caplog.at_level(logging.WARNING, logger="tuning.report"):
+    with caplog.at_level(logging.WARNING, logger="tuning"):
         attach_report(dataclasses.replace(study, run_id="f" * 32), Tracker(study.tracking_uri))  # no such run
     assert "could not draw the study report of run ffff" in caplog.text
 
@@ -159,7 +159,7 @@ def test_a_study_whose_trials_all_failed_has_no_report_and_no_warning(write_reci
     def model(x_train, y_train, x_test, y_test):
         raise RuntimeError(<<choice(["boom", "bang"])>>)
     ''')
-    with caplog.at_level(logging.WARNING, logger="tuning.report"):
+    with caplog.at_level(logging.WARNING, logger="tuning"):
         study = tuning.minimize(recipe, max_evals=2, tracking_uri=store, progress=False)
     assert study.best is None and caplog.text == ""
     assert MlflowClient(store).list_artifacts(study.run_id, REPORT_DIR) == []

@@ -29,6 +29,7 @@ DISTRIBUTION = "keras-mlflow-tuning"
 
 if TYPE_CHECKING:
     from tuning.best import best_runs, load_best, register_best
+    from tuning.cluster import Cluster
     from tuning.errors import (
         ConfigurationError,
         NoTrialsError,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from tuning.population import pbt
     from tuning.pruners import HyperbandPruner, MedianPruner, Pruner
     from tuning.report import Report, study_report
-    from tuning.spark import Cluster
     from tuning.stopping import StopRules
     from tuning.study import minimize
     from tuning.study_run import StudyResult
@@ -56,7 +56,7 @@ _EXPORTS = {
     "TuningError": "tuning.errors",
     "pbt": "tuning.population",
     "HyperbandPruner": "tuning.pruners", "MedianPruner": "tuning.pruners", "Pruner": "tuning.pruners",
-    "Cluster": "tuning.spark", "StopRules": "tuning.stopping", "minimize": "tuning.study",
+    "Cluster": "tuning.cluster", "StopRules": "tuning.stopping", "minimize": "tuning.study",
     "StudyResult": "tuning.study_run", "Limits": "tuning.worker",
     "Template": "tuning.template", "assigned": "tuning.template",
     "TrialOptions": "tuning.trial", "TrialResult": "tuning.trial", "TrialStatus": "tuning.trial",

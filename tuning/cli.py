@@ -11,7 +11,8 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -166,11 +167,15 @@ def main() -> None:
 def run(recipe: str, tracking_uri: str | None, data_path: str | None, no_model: bool, verbose: bool,
         backend: str | None, **options: Any) -> None:
     """Search RECIPE's hyperparameters; every trial becomes an MLflow run."""
-    loaded = _load_recipe(recipe, data_path, backend)
-    from tuning.study import minimize
+    from tuning.cluster import Cluster
 
-    study = minimize(loaded, tracking_uri=tracking_uri, log_model=not no_model,
-                     progress=not verbose, **options)
+    cluster = (Cluster(options["parallelism"], options["spark_master"], options["threads_per_trial"])
+               if options["parallelism"] else None)
+    with _loading(recipe, data_path, backend, cluster, tracking_uri) as loaded:
+        from tuning.study import minimize
+
+        study = minimize(loaded, tracking_uri=tracking_uri, log_model=not no_model,
+                         progress=not verbose, **options)
     _print_study(study)
 
 
@@ -198,26 +203,32 @@ def pbt(recipe: str, tracking_uri: str | None, data_path: str | None, no_model: 
 
     Learning rate, dropout and L1/L2 markers are perturbed; every member is an MLflow run.
     """
-    loaded = _load_recipe(recipe, data_path, backend)
-    from tuning.population import pbt as train
+    with _loading(recipe, data_path, backend) as loaded:
+        from tuning.population import pbt as train
 
-    study = train(loaded, tracking_uri=tracking_uri, log_model=not no_model, progress=not verbose,
-                  **options)
+        study = train(loaded, tracking_uri=tracking_uri, log_model=not no_model, progress=not verbose,
+                      **options)
     _print_study(study)
 
 
-def _load_recipe(recipe: str, data_path: str | None, backend: str | None) -> Any:
-    """Choose the backend (before Keras is imported), let SIGTERM stop the study, load RECIPE."""
+@contextmanager
+def _loading(recipe: str, data_path: str | None, backend: str | None, cluster: Any = None,
+             tracking_uri: str | None = None) -> Iterator[Any]:
+    """Choose the backend (before Keras is imported), let SIGTERM stop the study, load RECIPE;
+    with a ``cluster``, Spark starts and its workers load RECIPE meanwhile, for the block."""
     if backend:
-        use_backend(backend)
-    from tuning.recipe import Recipe
+        use_backend(backend)  # before Spark starts too: its workers inherit the environment
+    from tuning.cluster import starting_early
 
     _stop_on_signals()
-    loaded = Recipe.from_file(recipe)
-    if data_path:
-        loaded.use_data_file(data_path)
-    signals.check()  # a signal during the imports above may have been dropped
-    return loaded
+    with starting_early(cluster, recipe, data_path, tracking_uri):
+        from tuning.recipe import Recipe  # hyperopt, numpy, scipy: seconds, while Spark starts
+
+        loaded = Recipe.from_file(recipe)
+        if data_path:
+            loaded.use_data_file(data_path)
+        signals.check()  # a signal during the imports above may have been dropped
+        yield loaded
 
 
 def _stop_on_signals() -> None:

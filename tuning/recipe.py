@@ -45,7 +45,7 @@ DEFAULT_NAMES = ("EXPERIMENT", "MAX_EVALS", "ALGO", "SEED", "OBJECTIVE", "MODE")
 MODULE_NAME = "__tuning_recipe__"  # a recipe file's __name__: its __main__ part does not run
 _KERAS_PACKAGES = ("keras", "tensorflow", "tf_keras", "builtins")  # objects Keras finds itself
 _LOADING = contextvars.ContextVar("tuning_recipe_loading", default=False)
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("tuning")
 
 
 class _SearchAtModuleLevel(BaseException):
@@ -224,6 +224,46 @@ class Recipe:
             if x in by_name and y in by_name:
                 return by_name[x], by_name[y]
         return (data[2], data[3]) if len(data) == 4 else None
+
+
+@dataclass(frozen=True)
+class RecipeSource:
+    """A recipe as another process (a worker, a Spark executor) loads it: its text, not its
+    file, which a host of a cluster may lack; plain, picklable values."""
+
+    filename: str  # in tracebacks, and the folder of the recipe's own imports
+    source: str
+    functions: tuple[str, str]  # the names of its model and data functions (a script's may be any)
+    data_path: str | None = None  # --data
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> RecipeSource:
+        """The source of a loaded recipe, for the processes that run its trials."""
+        template = recipe.template
+        return cls(template.filename, recipe.file_source(), (template.function, recipe.data_name()),
+                   recipe.data_path)
+
+    @classmethod
+    def from_file(cls, path: str | Path, data_path: str | None = None) -> RecipeSource:
+        """The source that :meth:`of` gives once the file is loaded (a Spark worker can load it
+        while this process still imports it), for a file whose functions keep their names."""
+        template = Template.from_file(path)
+        return cls(template.filename, template.source, (template.function, template.data_function), data_path)
+
+    def load(self) -> tuple[Recipe, tuple[Any, ...]]:
+        """The recipe and what its ``data()`` returned, loaded once in this process."""
+        if self not in _LOADED:
+            _LOADED.clear()  # another study's recipe: its data would only take memory
+            model, data = self.functions
+            recipe = Recipe.from_template(Template.from_source(self.source, self.filename, model),
+                                          first_load=False, data=data)
+            if self.data_path:
+                recipe.use_data_file(self.data_path)
+            _LOADED[self] = recipe, recipe.load_data()
+        return _LOADED[self]
+
+
+_LOADED: dict[RecipeSource, tuple[Recipe, tuple[Any, ...]]] = {}
 
 
 def run_file(template: Template, first_load: bool = True) -> dict[str, Any]:

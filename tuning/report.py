@@ -53,7 +53,7 @@ TRUSTED_IMPORTANCE = 30  # below this many trials the importance plot says it is
 IMPORTANCE_SAMPLE = 2000  # trials the importance forest learns from, at most (as many explain it well)
 CROWDED = 1000  # above this many trials, points are drawn small and translucent, WebGL in the page
 
-logger = logging.getLogger(__name__)
+_log = logging.getLogger("tuning")
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def attach_report(study: StudyResult, tracker: Tracker | None = None) -> None:
             _log_files(_drawn(study.experiment, study.run_id, study.objective.metric, study.objective.mode,
                               finished, failed, Path(folder), space), tracker)
     except Exception as error:  # noqa: BLE001 - a plotting failure must not fail a finished search
-        logger.warning("could not draw the study report of run %s: %s", study.run_id, error)
+        _log.warning("could not draw the study report of run %s: %s", study.run_id, error)
 
 
 class _Finished(NamedTuple):

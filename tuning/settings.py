@@ -3,7 +3,7 @@
 Settings travel as typed objects, not a dict read back by key: :class:`StudyConfig` holds
 the study's own choices and the objects the package already has for the rest
 (:class:`~tuning.stopping.StopRules`, :class:`~tuning.worker.Limits`,
-:class:`~tuning.spark.Cluster`, a :class:`~tuning.pruners.Pruner`), and one
+:class:`~tuning.cluster.Cluster`, a :class:`~tuning.pruners.Pruner`), and one
 :class:`~tuning.trial.TrialOptions` that the study hands to its trials, a worker process and
 a Spark task (which turns Keras' own output off: executors' logs are no terminal).
 
@@ -28,12 +28,12 @@ from typing import Any
 from hyperopt import anneal, rand, tpe
 
 from tuning import pruners
+from tuning.cluster import Cluster
 from tuning.errors import ConfigurationError
 from tuning.objective import Objective
 from tuning.pruners import Pruner
 from tuning.recipe import Recipe
 from tuning.retention import KeepModels
-from tuning.spark import Cluster
 from tuning.stopping import StopRules
 from tuning.trial import TrialOptions
 from tuning.worker import Limits

@@ -5,8 +5,8 @@ executor loads the recipe and its data once per Python worker, runs
 :func:`tuning.trial.run_trial` and logs straight to the tracking server (the same child
 run, tags, epoch metrics and model as a serial trial). The driver proposes configurations
 with hyperopt, in hyperopt's ``Trials``, and collects the results (:class:`SparkExecutor`).
-Each Python worker limits its thread pools (``TF_NUM_INTRAOP_THREADS`` …, set through
-``spark.executorEnv.*``) so that N workers do not fight over the cores.
+The session, and the thread limits that keep N workers from fighting over the cores, come
+from :mod:`tuning.cluster`, which starts it while the study loads the recipe.
 
 Example::
 
@@ -18,22 +18,18 @@ Example::
 from __future__ import annotations
 
 import functools
-import os
 import queue
 import re
-import shutil
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
-from urllib.parse import urlparse
 
 from tuning import DISTRIBUTION, history
-from tuning.errors import ConfigurationError, TrackingError, TuningError
+from tuning.errors import TrackingError, TuningError
 from tuning.loop import ExecutorUnusable
 from tuning.progress import SilentReporter
 from tuning.pruners import Pruning
@@ -41,87 +37,8 @@ from tuning.tracking import RETRY_TAG
 from tuning.trial import TrialResult, TrialSetup, TrialStatus, run_trial
 from tuning.worker import TrialSpec
 
-__all__ = ["Cluster"]  # the rest is this package's own
-
-_LEAN_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 EXECUTOR_SETUP_FAILED = "the recipe could not be loaded on the Spark executor at"
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
-_SHARED_SCHEMES = ("http", "https", "databricks")  # stores that executors on other hosts reach
-INSTALL = ("--parallelism runs trials on Apache Spark, which needs pyspark and Java 17 or newer: "
-           f"pip install '{DISTRIBUTION}[spark]' and apt-get install openjdk-17-jre-headless "
-           "(or set JAVA_HOME)")
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """Where parallel trials run: N at a time, on a Spark master (None: local[N])."""
-
-    parallelism: int
-    master: str | None = None
-    threads_per_trial: int | None = None  # None: the cores shared out on a local master
-
-    def __post_init__(self) -> None:
-        if self.parallelism < 1:
-            raise ConfigurationError(f"parallelism must be at least 1, got {self.parallelism}")
-
-    def threads(self) -> int | None:
-        if self.threads_per_trial is not None or self.master is not None:
-            return self.threads_per_trial
-        return max(1, (os.cpu_count() or 1) // self.parallelism)
-
-
-def check_store(uri: str) -> None:
-    """Executors log on their own: the store must be a server, not a file of this host."""
-    if urlparse(uri).scheme not in _SHARED_SCHEMES:
-        raise TrackingError(
-            f"--parallelism runs trials in other processes (on other hosts with a cluster), which "
-            f"cannot share the store {uri}: start a tracking server, e.g. `mlflow server "
-            "--backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, and pass "
-            "--tracking-uri http://127.0.0.1:5000")
-
-
-def session(cluster: Cluster) -> tuple[Any, bool]:
-    """The Spark session trials run on, and whether it was started here (to stop it after).
-
-    With no master given, an active session (a notebook's) is used, else ``local[N]``.
-    """
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise TuningError(INSTALL) from None
-    if cluster.master is None and (active := SparkSession.getActiveSession()) is not None:
-        return active, False
-    if not os.environ.get("JAVA_HOME") and shutil.which("java") is None:
-        raise TuningError(INSTALL)
-    builder = (SparkSession.builder.appName("tuning")
-               .master(cluster.master or f"local[{cluster.parallelism}]")
-               .config("spark.ui.showConsoleProgress", "false"))
-    if cluster.master is None:
-        # Workers on this host run this very Python, with its packages (PySpark reads the
-        # variable, not spark.pyspark.python, when the context starts inside Python).
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = builder.config("spark.ui.enabled", "false")
-        if "java-options" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
-            # The driver's JVM only schedules one small job per trial, on the cores the
-            # trials train on: the quick JIT and a one-thread GC halve its CPU (16 s to 8 s
-            # in a 16-trial digits study on 2 cores, most of it while it starts).
-            builder = builder.config("spark.driver.extraJavaOptions", _LEAN_JVM)
-    for name, value in _thread_limits(cluster.threads()).items():
-        builder = builder.config(f"spark.executorEnv.{name}", value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark, True
-
-
-def _thread_limits(threads: int | None) -> dict[str, str]:
-    """Environment that caps a worker's TensorFlow, OpenMP and XLA thread pools."""
-    if threads is None:
-        return {}
-    limits = {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads),
-              "OMP_NUM_THREADS": str(threads)}
-    if threads == 1:
-        limits["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    return limits
 
 
 class SparkExecutor:

@@ -19,9 +19,12 @@ from typing import Any
 import numpy as np
 from hyperopt import Trials, tpe
 
+from tuning import cluster as clusters
 from tuning import history, signals, spark
+from tuning.cluster import Cluster
 from tuning.distributions import Distribution
 from tuning.errors import ConfigurationError, TemplateError
+from tuning.fluent import resolve_uri
 from tuning.grid import Grid
 from tuning.loop import Executor, InProcess, run_trials
 from tuning.objective import Objective
@@ -31,7 +34,6 @@ from tuning.pruners import Curve, Pruner, Pruning
 from tuning.recipe import Recipe
 from tuning.retention import KeepModels, ModelKeeper
 from tuning.settings import ALGORITHMS, GRID, StudyConfig, spark_cluster, stop_rules, worker_limits
-from tuning.spark import Cluster
 from tuning.stopping import StopReason, StopRules, ended_by, stop_detail
 from tuning.study_run import StudyResult, StudyRun, open_study
 from tuning.tpe import TPE
@@ -74,7 +76,7 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
     ``prune`` (``"median"``, ``"hyperband"`` or a :class:`tuning.pruners.Pruner`) stops
     hopeless trials between epochs. ``limits`` (:class:`tuning.worker.Limits`, or flat:
     ``trial_timeout``, ``trial_max_memory``, ``isolate``) runs each trial in a watched worker
-    process. ``cluster`` (:class:`tuning.spark.Cluster`, or flat: ``parallelism``,
+    process. ``cluster`` (:class:`tuning.cluster.Cluster`, or flat: ``parallelism``,
     ``spark_master``, ``threads_per_trial``) runs that many trials at a time on Spark (a
     master, a notebook's active session, or ``local[N]``); see :mod:`tuning.spark`.
     ``resume`` continues the newest unfinished study of the recipe, unless a live process
@@ -88,15 +90,16 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
         print(study.best.params, study.best.loss)
         model = tuning.load_best(study.experiment)
     """
-    recipe = Recipe.of(recipe, data)
-    config = StudyConfig.merge(
-        recipe, max_evals=max_evals, algo=algo, seed=seed, experiment=experiment, objective=objective,
-        mode=mode, fraction=fraction, log_model=log_model, keep_models=keep_models, max_epochs=max_epochs,
-        progress=progress, resume=resume, force=force, prune=prune,
-        stop=stop_rules(stop, timeout, early_stop, target),
-        limits=worker_limits(limits, trial_timeout, trial_max_memory, isolate),
-        cluster=spark_cluster(cluster, parallelism, spark_master, threads_per_trial))
-    return run_study(recipe, config, Tracker(tracking_uri, patience), trials, callbacks)
+    cluster = spark_cluster(cluster, parallelism, spark_master, threads_per_trial)
+    with clusters.starting_early(cluster, recipe if data is None else None, None, resolve_uri(tracking_uri)):
+        recipe = Recipe.of(recipe, data)  # meanwhile Spark starts and its workers load the recipe too
+        config = StudyConfig.merge(
+            recipe, max_evals=max_evals, algo=algo, seed=seed, experiment=experiment, objective=objective,
+            mode=mode, fraction=fraction, log_model=log_model, keep_models=keep_models, max_epochs=max_epochs,
+            progress=progress, resume=resume, force=force, prune=prune,
+            stop=stop_rules(stop, timeout, early_stop, target),
+            limits=worker_limits(limits, trial_timeout, trial_max_memory, isolate), cluster=cluster)
+        return run_study(recipe, config, Tracker(tracking_uri, patience), trials, callbacks)
 
 
 def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Trials | None = None,
@@ -117,8 +120,8 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
     rules = dataclasses.replace(config.stop)  # the study's own copy: its clock starts now
     session, own_session = None, False
     if config.cluster is not None:
-        spark.check_store(tracker.uri)
-        session, own_session = spark.session(config.cluster)
+        clusters.check_store(tracker.uri)
+        session, own_session = clusters.session(config.cluster)
     # With workers or executors, each loads the data itself; here it would only take memory.
     data = recipe.load_data() if config.limits is None and config.cluster is None else ()
     experiment_id, experiment = tracker.choose_experiment(config.experiment, recipe.name)

@@ -25,6 +25,7 @@ import psutil
 
 from tuning.errors import RecipeError
 from tuning.pruners import Pruning
+from tuning.recipe import RecipeSource
 from tuning.tracking import INTERRUPTED_TAG
 from tuning.trial import Reporter, TrialOptions, TrialResult, TrialSetup, TrialStatus, run_trial, settle
 
@@ -70,10 +71,7 @@ class TrialSpec:
     """What another process (a worker, a Spark executor) needs to rebuild the study's
     TrialSetup: plain, picklable values."""
 
-    recipe: str  # the file's name: in tracebacks, and the folder of the recipe's own imports
-    source: str  # its text, so that an executor on another host needs no copy of the file
-    functions: tuple[str, str]  # the names of its model and data functions (a script's may be any)
-    data_path: str | None
+    recipe: RecipeSource
     tracking_uri: str
     patience: float
     experiment_id: str
@@ -83,26 +81,17 @@ class TrialSpec:
 
     @classmethod
     def of(cls, setup: TrialSetup) -> TrialSpec:
-        recipe = setup.recipe
-        functions = (recipe.template.function, recipe.data_name())
-        return cls(recipe.template.filename, recipe.file_source(), functions, recipe.data_path,
-                   setup.tracker.uri, setup.tracker.patience.seconds, setup.experiment_id,
-                   setup.study_run_id, setup.options, setup.retries)
+        return cls(RecipeSource.of(setup.recipe), setup.tracker.uri, setup.tracker.patience.seconds,
+                   setup.experiment_id, setup.study_run_id, setup.options, setup.retries)
 
     def setup(self, reporter: Reporter) -> TrialSetup:
-        """Load the recipe and its data in this process: the study's TrialSetup again."""
-        from tuning.recipe import Recipe
-        from tuning.template import Template
+        """The study's TrialSetup again, in this process: its recipe and data are loaded
+        here once (a Spark worker may have loaded them while the study started)."""
         from tuning.tracking import Tracker
 
-        model, data = self.functions
-        recipe = Recipe.from_template(Template.from_source(self.source, self.recipe, model), first_load=False,
-                                      data=data)
-        if self.data_path:
-            recipe.use_data_file(self.data_path)
+        recipe, data = self.recipe.load()
         setup = TrialSetup(Tracker(self.tracking_uri, self.patience), self.experiment_id,
-                           self.study_run_id, recipe, recipe.load_data(), self.options, reporter,
-                           retries=self.retries)
+                           self.study_run_id, recipe, data, self.options, reporter, retries=self.retries)
         settle()  # this process lives for its trials
         return setup
 
