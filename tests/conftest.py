@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import urllib.request
@@ -70,19 +69,6 @@ def write_recipe(tmp_path: Path):
                         + textwrap.dedent(model))
         return path
     return write
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _own_tempdir() -> Iterator[None]:
-    """What MLflow's own loaders leave in the temporary folder (a copy of every model they
-    load) goes to a folder of the test session, removed at its end, not to /tmp for good."""
-    folder = tempfile.mkdtemp(prefix="tuning-tests-")  # short: AF_UNIX paths stay valid
-    previous, tempfile.tempdir = tempfile.tempdir, folder
-    try:
-        yield
-    finally:
-        tempfile.tempdir = previous
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -184,8 +184,8 @@ def test_spark_workers_load_the_recipe_while_the_study_loads_it(mlflow_server, w
     loads = tmp_path / "loads.txt"
     header = DIGITS_DATA.replace("def data():\n", "def data():\n    with open(LOADS, 'a') as f:\n"
                                  "        print(os.getpid(), file=f)\n")
-    path = write_recipe(header=header, extra=f"from pathlib import Path\nLOADS = Path({str(loads)!r})\n" + EARLY
-                        + f"EXPERIMENT = 'early-{how}'\n")
+    extra = f"from pathlib import Path\nLOADS = Path({str(loads)!r})\n{EARLY}EXPERIMENT = 'early-{how}'\n"
+    path = write_recipe(header=header, extra=extra)
     if how == "cli":
         done = subprocess.run([TUNING, "run", str(path), "--parallelism", "2", "--max-evals", "2",
                                "--seed", "1", "--tracking-uri", mlflow_server], cwd=tmp_path,
