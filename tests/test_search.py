@@ -223,7 +223,7 @@ def test_the_pruners_are_reached_as_the_readme_writes_them_in_a_fresh_process():
 def test_every_public_name_resolves_in_a_fresh_process():
     code = ("import importlib, tuning\n"
             "missing = [n for n in tuning.__all__ if not hasattr(tuning, n)]\n"
-            "for name in ('pruners', 'stopping', 'trial', 'worker', 'spark', 'best', 'report',\n"
+            "for name in ('pruners', 'stopping', 'trial', 'worker', 'cluster', 'best', 'report',\n"
             "             'population', 'template', 'errors', 'retention', 'settings', 'study_run',\n"
             "             'study', 'optim', 'objective'):\n"
             "    module = importlib.import_module('tuning.' + name)\n"
