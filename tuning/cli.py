@@ -13,13 +13,17 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from tuning import DISTRIBUTION, signals
+
+if TYPE_CHECKING:
+    from tuning.cluster import Cluster
+    from tuning.recipe import Recipe
 
 console = Console(soft_wrap=True)  # long lines (commands, run ids) stay whole for copy-paste
 
@@ -212,8 +216,8 @@ def pbt(recipe: str, tracking_uri: str | None, data_path: str | None, no_model: 
 
 
 @contextmanager
-def _loading(recipe: str, data_path: str | None, backend: str | None, cluster: Any = None,
-             tracking_uri: str | None = None) -> Iterator[Any]:
+def _loading(recipe: str, data_path: str | None, backend: str | None, cluster: Cluster | None = None,
+             tracking_uri: str | None = None) -> Iterator[Recipe]:
     """Choose the backend (before Keras is imported), let SIGTERM stop the study, load RECIPE;
     with a ``cluster``, Spark starts and its workers load RECIPE meanwhile, for the block."""
     if backend:

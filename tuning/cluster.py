@@ -31,13 +31,18 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from tuning import DISTRIBUTION
 from tuning.errors import ConfigurationError, TrackingError, TuningError
 
+if TYPE_CHECKING:
+    from tuning.recipe import RecipeSource
+
 __all__ = ["Cluster"]  # the rest is this package's own
+
+_log = logging.getLogger("tuning")
 
 _LEAN_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 _SHARED_SCHEMES = ("http", "https", "databricks")  # stores that executors on other hosts reach
@@ -105,7 +110,7 @@ class _EarlyStart:
             context.parallelize(range(slots), slots).mapPartitions(
                 functools.partial(_load_on_worker, recipe)).collect()
         except Exception as error:  # the trials load it themselves, and say what went wrong
-            logging.getLogger("tuning").debug("the Spark workers did not load the recipe early: %s", error)
+            _log.debug("the Spark workers did not load the recipe early: %s", error)
 
     def stop(self) -> None:
         """Stop a session that no study took (the recipe failed to load, say)."""
@@ -115,7 +120,7 @@ class _EarlyStart:
                 spark.stop()
 
 
-def _load_on_worker(recipe: Any, partition: Iterator[int]) -> Iterator[int]:
+def _load_on_worker(recipe: RecipeSource, partition: Iterator[int]) -> Iterator[int]:
     """In a Spark Python worker: load the recipe and its data, as its first trial would."""
     for _ in partition:  # read the input first (SPARK-26549)
         pass
@@ -136,6 +141,8 @@ def starting_early(cluster: Cluster | None, recipe: str | Path | Any, data_path:
     for a recipe that is no file, for a store executors cannot share (the study says why),
     or inside another such block."""
     global _early
+    # mlflow's own resolve_uri would import MLflow (seconds) before the JVM could start; the
+    # CLI has not set a URI in MLflow yet, and minimize passes the resolved one.
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if cluster is None or not isinstance(recipe, str | Path) or not _shared(uri) or _early is not None:
         yield
