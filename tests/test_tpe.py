@@ -10,17 +10,22 @@ from hyperopt import STATUS_FAIL, STATUS_OK, Trials, base, fmin, hp, space_eval,
 from hyperopt.pyll import scope
 from scipy.special import erf
 
+import tuning.tpe
 from tuning.objective import Objective
 from tuning.settings import StudyConfig
 from tuning.study import _search
 from tuning.tpe import (
     _ERF_IS_ONE,
+    _EXP32_ERROR,
     TPE,
     _best_losses,
+    _Estimate,
+    _estimated_logsum_rows,
     _mixture_lpdf,
     _order_extended,
     _Sorted,
     tuning_adaptive_parzen_normal,
+    tuning_broadcast_best,
     tuning_log,
 )
 from tuning.trial import TrialOptions
@@ -55,7 +60,15 @@ def proposals(trials: Trials) -> list[dict]:
     return [doc["misc"]["vals"] for doc in trials.trials]
 
 
-def test_a_search_proposes_what_hyperopt_proposes():
+@pytest.fixture(params=["estimated past 1,000 components", "estimated always"])
+def estimated_from(request, monkeypatch):
+    """The mixture densities estimated (float32) where tuning estimates them, or everywhere
+    (every proposal then goes through the choice between estimates and exact scores)."""
+    if request.param == "estimated always":
+        monkeypatch.setattr(tuning.tpe, "_ESTIMATED_FROM", 0)
+
+
+def test_a_search_proposes_what_hyperopt_proposes(estimated_from):
     ours, theirs = Trials(), Trials()
     fmin(loss, SPACE, algo=TPE(), max_evals=150, trials=ours, rstate=np.random.default_rng(7),
          show_progressbar=False)
@@ -66,7 +79,7 @@ def test_a_search_proposes_what_hyperopt_proposes():
     assert ours.losses() == theirs.losses()
 
 
-def test_proposals_match_while_trials_run_and_after_documents_are_rewritten():
+def test_proposals_match_while_trials_run_and_after_documents_are_rewritten(estimated_from):
     """As the Spark dispatcher uses it: proposals made while earlier trials still run (their loss
     unknown), trials finishing out of order, and documents hyperopt's way of reading handles
     differently (several per trial id, ids out of order) mid-study."""
@@ -104,9 +117,10 @@ def test_studies_use_it_for_hyperopt_tpe_with_its_settings(algo):
 @pytest.mark.parametrize("log_scale", [False, True], ids=["GMM1_lpdf", "LGMM1_lpdf"])
 @pytest.mark.parametrize("q", [None, 0.5, 4.0])
 @pytest.mark.parametrize("bounded", [False, True])
-def test_mixture_scores_are_hyperopts_bit_for_bit(log_scale, q, bounded):
+@pytest.mark.parametrize("floored", [False, True], ids=["spread", "floored"])
+def test_mixture_scores_are_hyperopts_bit_for_bit(log_scale, q, bounded, floored):
     """The in-place twins of hyperopt's mixture densities, on mixtures from 1 to 3,000
-    components, some with sigmas below hyperopt's EPS, 1 or 24 samples."""
+    components, some with sigmas below hyperopt's EPS, or most at one sigma, 1 or 24 samples."""
     original = tpe.LGMM1_lpdf if log_scale else tpe.GMM1_lpdf
     rng = np.random.default_rng(11)
     for components in (1, 2, 30, 3000):
@@ -117,6 +131,8 @@ def test_mixture_scores_are_hyperopts_bit_for_bit(log_scale, q, bounded):
             if q is not None:
                 points = np.round(points / q) * q
             sigmas = rng.uniform(0.01, 10, components) * rng.choice([1e-13, 1.0, 1.0], components)
+            if floored:  # as adaptive_parzen_normal leaves most of them in a long study
+                sigmas[rng.uniform(size=components) < 0.9] = 0.07
             weights = rng.uniform(0, 1, components)
             weights /= weights.sum()
             args = (points, weights, mus, sigmas, *((low, high) if bounded else (None, None)), q)
@@ -130,6 +146,53 @@ def test_erf_is_plus_or_minus_one_wherever_the_twins_skip_it():
     """The twins leave erf uncomputed for |z| >= _ERF_IS_ONE, as exactly ±1: scipy's erf must agree."""
     far = np.concatenate([np.linspace(_ERF_IS_ONE, 60, 2_000_001), np.geomspace(60, 1e308, 10_001), [np.inf]])
     assert np.all(erf(far) == 1.0) and np.all(erf(-far) == -1.0)
+
+
+def test_float32_exp_is_within_the_error_the_estimates_allow_it():
+    """numpy's float32 exp within 3 ulp (it documents 2.52; here 1.7) of the 4 the estimates
+    allow, on every float32 exponent from -87 (below it, float32 loses precision: the
+    estimate counts those terms at their largest) to 0 in steps of 2**-16, and on a dense
+    grid of the smallest ones."""
+    exponents = np.concatenate([np.arange(-87 * 2**16, 1) / 2**16,
+                                -np.geomspace(1e-30, 1e-3, 100_000)]).astype(np.float32)
+    exact = np.exp(exponents.astype(np.float64))
+    relative = np.abs(np.exp(exponents).astype(np.float64) - exact) / exact
+    assert relative.max() <= _EXP32_ERROR * 3 / 4
+
+
+def test_estimated_densities_are_within_their_error_and_exact_where_asked():
+    rng = np.random.default_rng(13)
+    for components in (1, 2, 1000, 10_000):
+        for scale in (1e-3, 1.0, 30.0, 1e4, 1e300):  # terms near 1 to terms float32 takes to 0
+            scores = -rng.exponential(scale, (24, components)) + rng.normal(0, 50, (24, 1))
+            expected = tpe.logsum_rows(scores)
+            estimate = _estimated_logsum_rows(scores.copy())
+            assert np.all(np.abs(estimate.values - expected) <= estimate.error), (components, scale)
+            assert np.all(estimate.error < 1e-5 * (1 + np.abs(expected)))
+            rows = np.sort(rng.choice(24, 3, replace=False))
+            assert np.array_equal(estimate.exact(rows), expected[rows])
+
+
+def test_the_best_sample_is_hyperopts_when_estimates_are_too_close_to_tell():
+    """Candidates whose scores are closer than the estimates' error (equal ones among them)
+    are decided on hyperopt's own densities, and equals go to the first, as np.argmax does."""
+    samples = np.asarray([0.1, 0.2, 0.3, 0.4])
+    below = np.asarray([-1.0, -0.5, -0.5, -2.0])
+    above = np.asarray([0.0, 0.0, 0.0, 0.0])
+    for truth, estimated in ((above, above + 1e-6), (above + [0, 1e-12, 0, 0], above),
+                             (above + [0, 0, -1e-9, 0], above + [0, 0, 1e-8, 0])):
+        asked: list = []
+
+        def exact(rows, truth=truth, asked=asked):
+            asked.append(rows)
+            return truth[rows]
+
+        estimate = _Estimate(estimated, 1e-6, exact)
+        expected = tpe.broadcast_best(samples, below, truth)
+        assert tuning_broadcast_best(samples, below, estimate) == expected
+        assert [list(rows) for rows in asked] == [[1, 2]]  # only the two that could be best
+    far = _Estimate(above, 1e-6, lambda rows: pytest.fail("decided on the estimates"))
+    assert tuning_broadcast_best(samples, below + [0, 0, 1, 0], far) == [0.3] * 4
 
 
 def test_the_best_losses_are_the_ones_argsort_picks():
