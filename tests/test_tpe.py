@@ -60,15 +60,16 @@ def proposals(trials: Trials) -> list[dict]:
     return [doc["misc"]["vals"] for doc in trials.trials]
 
 
-@pytest.fixture(params=["estimated past 1,000 components", "estimated always"])
-def estimated_from(request, monkeypatch):
-    """The mixture densities estimated (float32) where tuning estimates them, or everywhere
-    (every proposal then goes through the choice between estimates and exact scores)."""
-    if request.param == "estimated always":
-        monkeypatch.setattr(tuning.tpe, "_ESTIMATED_FROM", 0)
+@pytest.fixture(params=["shortcuts past 1,000 components", "shortcuts always"])
+def shortcuts(request, monkeypatch):
+    """Large mixtures' shortcuts (float32 estimates, runs of equal components) where tuning
+    takes them, or everywhere: every proposal then goes through the choice between
+    estimates and exact scores."""
+    if request.param == "shortcuts always":
+        monkeypatch.setattr(tuning.tpe, "_LARGE_MIXTURE", 0)
 
 
-def test_a_search_proposes_what_hyperopt_proposes(estimated_from):
+def test_a_search_proposes_what_hyperopt_proposes(shortcuts):
     ours, theirs = Trials(), Trials()
     fmin(loss, SPACE, algo=TPE(), max_evals=150, trials=ours, rstate=np.random.default_rng(7),
          show_progressbar=False)
@@ -79,7 +80,7 @@ def test_a_search_proposes_what_hyperopt_proposes(estimated_from):
     assert ours.losses() == theirs.losses()
 
 
-def test_proposals_match_while_trials_run_and_after_documents_are_rewritten(estimated_from):
+def test_proposals_match_while_trials_run_and_after_documents_are_rewritten(shortcuts):
     """As the Spark dispatcher uses it: proposals made while earlier trials still run (their loss
     unknown), trials finishing out of order, and documents hyperopt's way of reading handles
     differently (several per trial id, ids out of order) mid-study."""
@@ -133,6 +134,8 @@ def test_mixture_scores_are_hyperopts_bit_for_bit(log_scale, q, bounded, floored
             sigmas = rng.uniform(0.01, 10, components) * rng.choice([1e-13, 1.0, 1.0], components)
             if floored:  # as adaptive_parzen_normal leaves most of them in a long study
                 sigmas[rng.uniform(size=components) < 0.9] = 0.07
+                if q is not None:  # observations of a quantized parameter: its values, in order
+                    mus = np.sort(np.round(mus / q) * q)
             weights = rng.uniform(0, 1, components)
             weights /= weights.sum()
             args = (points, weights, mus, sigmas, *((low, high) if bounded else (None, None)), q)
