@@ -11,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow import MlflowClient
 
 import tuning
-from tests.conftest import DIGITS_DATA
+from tests.conftest import DIGITS_DATA, DIGITS_MODEL
 from tests.test_cli import TUNING
 from tests.test_search import LEARNING_RATE_MODEL
 from tuning.pruners import MedianPruner
@@ -248,6 +249,36 @@ def test_parallel_mistakes_are_one_line_errors(mlflow_server, write_recipe, argv
                           capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
     assert done.returncode == 1, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_recipe_mistake_under_parallelism_is_one_error_and_no_jvm_outlives_it(
+        mlflow_server, write_recipe, tmp_path):
+    """Spark starts while the recipe loads: when the recipe fails to load, the error is the
+    one a serial study gives, and the JVM started for it (the command no longer waits for
+    it to come up only to stop it) ends with the command."""
+    bad = write_recipe(DIGITS_MODEL.replace("<<uniform(0, 0.5)>>", "<<uniformly(0, 0.5)>>"))
+    process = subprocess.Popen([TUNING, "run", str(bad), "--parallelism", "2", "--tracking-uri",
+                                mlflow_server], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr
+    assert "uniformly" in stderr and "recipe.py" in stderr and "Traceback" not in stderr
+
+    def left() -> list[psutil.Process]:  # the command's process group, zombies aside
+        return [p for p in psutil.process_iter(["status"]) if _group(p.pid) == process.pid
+                and p.info["status"] != psutil.STATUS_ZOMBIE]
+
+    deadline = time.monotonic() + 120  # a JVM still starting reads its closed stdin once it is up
+    while survivors := left():
+        assert time.monotonic() < deadline, f"outlived the command: {[p.cmdline() for p in survivors]}"
+        time.sleep(0.5)
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def test_an_executor_that_cannot_load_the_data_stops_the_study_with_its_reason(mlflow_server, write_recipe):

@@ -90,6 +90,8 @@ class _EarlyStart:
         self.cluster = cluster
         self.session: Future[tuple[Any, bool]] = Future()
         self.taken = False
+        self._abandoned = False  # no study will take the session: stop it once it is up
+        self._lock = threading.Lock()
         threading.Thread(target=self._start, args=(path, data_path), name="tuning-spark-start",
                          daemon=True).start()
 
@@ -99,7 +101,12 @@ class _EarlyStart:
         except BaseException as error:  # raised where the study asks for the session
             self.session.set_exception(error)
             return
-        self.session.set_result((spark, own))
+        with self._lock:
+            self.session.set_result((spark, own))
+            abandoned = self._abandoned
+        if abandoned:
+            self.stop()
+            return
         try:
             from tuning.recipe import RecipeSource
 
@@ -113,8 +120,14 @@ class _EarlyStart:
             _log.debug("the Spark workers did not load the recipe early: %s", error)
 
     def stop(self) -> None:
-        """Stop a session that no study took (the recipe failed to load, say)."""
-        with contextlib.suppress(BaseException):
+        """Stop a session that no study took (the recipe failed to load, say): now if it is
+        up, else its thread does as soon as it is. The study's error is not held up by the
+        JVM's start; and if the process ends first, the JVM ends with it (its stdin closes)."""
+        with self._lock:
+            self._abandoned = True
+            if not self.session.done():
+                return
+        with contextlib.suppress(BaseException):  # (a session that failed to start)
             spark, own = self.session.result()
             if own:
                 spark.stop()
