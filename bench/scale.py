@@ -149,6 +149,7 @@ class Job:
     progress_fd: int
     keep: str = "all"  # "disk" only
     turns: tuple[int, ...] = ()  # (read, write) pipe ends: wait for the turn before each trial, pass it after
+    turn: int = 1  # with turns: trials per turn
     more: int = 100  # "extend": trials to add
 
     @property
@@ -169,6 +170,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3,
                         help="tuning on sqlite, sizes over 1,000: the drift measured again this many times "
                              "by a new study and the big one taking turns trial by trial (0: none)")
+    parser.add_argument("--turn-trials", type=int, default=1,
+                        help="with --pairs: trials each side runs per turn (1: trial by trial, where "
+                             "each side finds the caches as the other left them)")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -194,7 +198,7 @@ def main() -> None:
                         row["error"] = f"skipped: ran out of time at {ran_out[arm, store]} trials"
                         continue
                     row.update(measure(arm, store, size, recipe, folder, args.timeout, progress_fd,
-                                       args.pairs))
+                                       args.pairs, args.turn_trials))
                     if row.get("trials", size) < size:
                         ran_out[arm, store] = size
                     if args.json:  # as it goes: a run of hours keeps what it measured if stopped
@@ -212,7 +216,7 @@ def main() -> None:
 
 
 def measure(arm: str, store: str, size: int, recipe: Path, folder: Path, timeout: float,
-            progress_fd: int, pairs: int = 0) -> dict[str, Any]:
+            progress_fd: int, pairs: int = 0, turn: int = 1) -> dict[str, Any]:
     """One study in a fresh process on a fresh store, then its resume in another (and, for
     tuning on sqlite at sizes over 1,000, the drift measured ``pairs`` times: measure_pairs)."""
     work = folder / f"{arm}-{store}-{size}"
@@ -235,18 +239,21 @@ def measure(arm: str, store: str, size: int, recipe: Path, folder: Path, timeout
                                      str(folder / f"{work.name}-resume.json"), progress_fd), work)
             result["resume"] = resumed.get("error") or resumed
             if arm == "tuning" and store == "sqlite" and size > 1000 and "error" not in resumed:
-                result["pairs"] = measure_pairs(pairs, result["trials"] + 1, uri, recipe, work, progress_fd)
+                result["pairs"] = measure_pairs(pairs, result["trials"] + 1, uri, recipe, work, progress_fd,
+                                                turn)
     return result
 
 
 def measure_pairs(pairs: int, trials: int, uri: str, recipe: Path, work: Path,
-                  progress_fd: int) -> list[dict[str, float]]:
+                  progress_fd: int, turn: int = 1) -> list[dict[str, float]]:
     """The drift again, with both sides run at the same time, taking turns trial by trial: a
     new study on a new store, and the big study resumed, each in its own process, pass one
     token back and forth, so that only one of them works at a time and each ratio compares
     trials measured within milliseconds of each other. (This machine's speed wanders by
     ±20 % over minutes, which the deciles of one long study, or blocks run one after the
-    other, cannot tell from growth.) Median CPU ms per trial over trials 21-120 of each side."""
+    other, cannot tell from growth.) Median CPU ms per trial over trials 21-120 of each side.
+    With ``turn`` over 1, each side runs that many trials per turn: only the first of them
+    finds the caches as the other side left them."""
     measured = []
     for pair in range(pairs):
         early_work = work.parent / f"{work.name}-early{pair}"
@@ -257,10 +264,10 @@ def measure_pairs(pairs: int, trials: int, uri: str, recipe: Path, work: Path,
         size = STARTUP + 100
         early = start_worker(Job("study", "tuning", size, f"sqlite:///{early_work}/mlflow.db", str(recipe),
                                  math.inf, str(early_work.parent / f"{early_work.name}.json"), progress_fd,
-                                 turns=(to_early, from_early)), early_work)
+                                 turns=(to_early, from_early), turn=turn), early_work)
         late = start_worker(Job("extend", "tuning", trials, uri, str(recipe), math.inf,
                                 str(work.parent / f"{work.name}-late{pair}.json"), progress_fd,
-                                turns=(to_late, from_late), more=size), work)
+                                turns=(to_late, from_late), turn=turn, more=size), work)
         for fd in (to_early, from_late, to_late, from_early):  # a side that ends frees the other
             os.close(fd)
         results = [finish_worker(*early), finish_worker(*late)]
@@ -270,7 +277,7 @@ def measure_pairs(pairs: int, trials: int, uri: str, recipe: Path, work: Path,
         early_run, late_run = results
         measured.append({"early_ms": ms(early_run["cpu"][STARTUP:]), "late_ms": ms(late_run["cpu"][STARTUP:]),
                          "early_suggest_ms": ms(early_run["suggest"][STARTUP:]),
-                         "late_suggest_ms": ms(late_run["suggest"][STARTUP:])})
+                         "late_suggest_ms": ms(late_run["suggest"][STARTUP:]), "turn": turn})
     return measured
 
 
@@ -460,8 +467,10 @@ def goals(rows: list[dict[str, Any]], disk: list[dict[str, Any]]) -> list[str]:
                              f"(suggestion {p['late_suggest_ms']:.1f} and {p['early_suggest_ms']:.1f})"
                              for p in pairs)
             drift = statistics.median(ratios)
+            turn = pairs[0].get("turn", 1)
+            turns = "trial by trial" if turn == 1 else f"every {turn} trials"
             out.append(line(f"CPU per trial ≤ {GOALS['drift']}× from trial 100 to 10,000, {store}, the big "
-                            f"study resumed and a new one taking turns trial by trial (median of trials "
+                            f"study resumed and a new one taking turns {turns} (median of trials "
                             f"{STARTUP + 1}–{STARTUP + 100} of each, ms): {each}; median {drift:.2f}",
                             drift <= GOALS["drift"], size))
         for kind in ("cpu", "wall"):
@@ -515,7 +524,7 @@ class Ticker:
         self.pending = 0.0
         self.first_proposal: float | None = None  # perf_counter at the end of the first one
         self.progress = os.fdopen(job.progress_fd, "w", buffering=1)
-        self.turns = job.turns
+        self.turns, self.turn = job.turns, job.turn
         self.start()
 
     def start(self) -> None:
@@ -525,7 +534,7 @@ class Ticker:
         # No functools.wraps: tuning names a custom algo after its __module__, and a wrapper
         # that looked like tuning.tpe would be replaced by "tpe" on resume.
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if self.turns:
+            if self.turns and len(self.wall) % self.turn == 0:
                 os.read(self.turns[0], 1)  # the other side's trial ended (or it exited: b"")
             started = time.perf_counter()
             try:
@@ -543,7 +552,7 @@ class Ticker:
         self.cpu.append(now[1] - self.last[1])
         self.suggest.append(self.pending)
         self.last, self.pending = now, 0.0
-        if self.turns:
+        if self.turns and len(self.wall) % self.turn == 0:
             with contextlib.suppress(BrokenPipeError):  # the other side is done
                 os.write(self.turns[1], b"t")
         done = len(self.wall)
