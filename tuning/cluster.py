@@ -92,8 +92,9 @@ class _EarlyStart:
         self.taken = False
         self._abandoned = False  # no study will take the session: stop it once it is up
         self._lock = threading.Lock()
-        threading.Thread(target=self._start, args=(path, data_path), name="tuning-spark-start",
-                         daemon=True).start()
+        self._thread = threading.Thread(target=self._start, args=(path, data_path),
+                                        name="tuning-spark-start", daemon=True)
+        self._thread.start()
 
     def _start(self, path: str, data_path: str | None) -> None:
         try:
@@ -126,6 +127,7 @@ class _EarlyStart:
         with self._lock:
             self._abandoned = True
             if not self.session.done():
+                _stopping.append(self._thread)
                 return
         with contextlib.suppress(BaseException):  # (a session that failed to start)
             spark, own = self.session.result()
@@ -143,6 +145,7 @@ def _load_on_worker(recipe: RecipeSource, partition: Iterator[int]) -> Iterator[
 
 
 _early: _EarlyStart | None = None
+_stopping: list[threading.Thread] = []  # abandoned early starts, to stop their session once it is up
 
 
 @contextmanager
@@ -184,6 +187,10 @@ def session(cluster: Cluster) -> tuple[Any, bool]:
 
 
 def _new_session(cluster: Cluster) -> tuple[Any, bool]:
+    # Spark's getOrCreate would hand out the session an abandoned start is about to stop.
+    for thread in [t for t in _stopping if t is not threading.current_thread()]:
+        thread.join()
+    _stopping[:] = [t for t in _stopping if t.is_alive()]
     try:
         from pyspark.sql import SparkSession
     except ImportError:
