@@ -21,6 +21,7 @@ from tuning.tpe import (
     _best_losses,
     _Estimate,
     _estimated_logsum_rows,
+    _flat_mixture_lpdf,
     _mixture_lpdf,
     _order_extended,
     _Sorted,
@@ -176,6 +177,62 @@ def test_estimated_densities_are_within_their_error_and_exact_where_asked():
             assert np.array_equal(estimate.exact(rows), expected[rows])
 
 
+def test_estimates_hold_when_every_exponent_rounds_to_float32_the_same_way():
+    """The worst case for rounding the exponents to float32: each just under half a float32
+    ulp from its float32, all rounding up (every term too large), many near -1 (where a
+    term's error, exp(x) |x| ulp / 2, is largest) and a spread down to the clamp. The bound
+    holds, and what it allows beyond float32's exp covers the rounding alone."""
+    rng = np.random.default_rng(17)
+    for components in (2, 1000, 10_000):
+        for spread in (1.0, 5.0, 100.0):
+            grid = -rng.exponential(spread, (24, components)).astype(np.float32)
+            grid[:, 0] = 0
+            scores = grid + 0.4999 * np.spacing(grid).astype(np.float64)  # (spacing < 0 below 0)
+            offsets = rng.normal(0, 50, (24, 1))
+            expected = tpe.logsum_rows(scores + offsets)
+            estimate = _estimated_logsum_rows(scores + offsets)
+            assert np.all(np.abs(estimate.values - expected) <= estimate.error), (components, spread)
+            rounded = np.exp(np.maximum(grid, -87).astype(np.float64)).sum(axis=1)  # exact exps
+            rounding = np.abs(np.log(rounded) - np.log(np.exp(scores).sum(axis=1)))
+            assert np.all(rounding <= estimate.error - _EXP32_ERROR * 1.02), (components, spread)
+
+
+@pytest.mark.parametrize("log_scale", [False, True], ids=["GMM1_lpdf", "LGMM1_lpdf"])
+@pytest.mark.parametrize("bounded", [False, True])
+def test_estimated_quantized_densities_are_within_their_error_and_exact_where_asked(log_scale, bounded):
+    """A quantized parameter's large mixtures as a long study leaves them (means on the
+    grid, most sigmas at the floor, in order), and some spread: the estimate from runs of
+    equal components is within its error of hyperopt's, and hyperopt's own where asked."""
+    original = tpe.LGMM1_lpdf if log_scale else tpe.GMM1_lpdf
+    rng = np.random.default_rng(19)
+    q, (low, high) = (8.0, (np.log(8), np.log(256))) if log_scale else (4.0, (8.0, 64.0))
+    for components in (1, 1000, 10_000):
+        for runs in (1, 40, components):
+            grid = np.exp(rng.uniform(low, high, runs)) if log_scale else rng.uniform(low, high, runs)
+            grid = np.round(grid / q) * q
+            mus = np.sort(np.log(grid) if log_scale else grid)[np.sort(rng.integers(0, runs, components))]
+            floor = (high - low) / 100  # adaptive_parzen_normal's, and its prior component
+            sigmas = np.where(rng.random(components) < 0.999, floor, rng.uniform(floor, 3, components))
+            at = np.searchsorted(mus, (low + high) / 2)
+            mus, sigmas = np.insert(mus, at, (low + high) / 2), np.insert(sigmas, at, high - low)
+            weights = rng.uniform(0.1, 1, components + 1)
+            weights /= weights.sum()
+            wider = 0 if bounded else (high - low) / 4  # (outside the bounds, hyperopt's mass is negative)
+            points = rng.uniform(low - wider, high + wider, 24)
+            points = np.exp(points) if log_scale else points
+            points = np.round(points / q) * q
+            bounds = (low, high) if bounded else (None, None)
+            with np.errstate(all="ignore"):
+                expected = original(points, weights, mus, sigmas, *bounds, q)
+                estimate = _flat_mixture_lpdf(points, weights, mus, sigmas, *bounds, q, log_scale,
+                                              estimate=True)
+                off = np.abs(estimate.values - expected)
+            assert np.all((estimate.values == expected) | (off <= estimate.error)), (components, runs)
+            assert np.all(np.isfinite(estimate.error)), (components, runs)  # none left to hyperopt's way
+            rows = np.sort(rng.choice(24, 5, replace=False))
+            assert np.array_equal(estimate.exact(rows), expected[rows], equal_nan=True)
+
+
 def test_the_best_sample_is_hyperopts_when_estimates_are_too_close_to_tell():
     """Candidates whose scores are closer than the estimates' error (equal ones among them)
     are decided on hyperopt's own densities, and equals go to the first, as np.argmax does."""
@@ -196,6 +253,9 @@ def test_the_best_sample_is_hyperopts_when_estimates_are_too_close_to_tell():
         assert [list(rows) for rows in asked] == [[1, 2]]  # only the two that could be best
     far = _Estimate(above, 1e-6, lambda rows: pytest.fail("decided on the estimates"))
     assert tuning_broadcast_best(samples, below + [0, 0, 1, 0], far) == [0.3] * 4
+    # Equal samples (a quantized parameter's candidates repeat) need no exact densities.
+    repeated = np.asarray([40.0, 36.0, 40.0, 36.0])
+    assert tuning_broadcast_best(repeated, np.asarray([-1.0, -0.5, -1.0, -0.5]), far) == [36.0] * 4
 
 
 def test_the_best_losses_are_the_ones_argsort_picks():
