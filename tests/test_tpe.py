@@ -72,9 +72,9 @@ def shortcuts(request, monkeypatch):
 
 def test_a_search_proposes_what_hyperopt_proposes(shortcuts):
     ours, theirs = Trials(), Trials()
-    fmin(loss, SPACE, algo=TPE(), max_evals=150, trials=ours, rstate=np.random.default_rng(7),
+    fmin(loss, SPACE, algo=TPE(), max_evals=300, trials=ours, rstate=np.random.default_rng(7),
          show_progressbar=False)
-    fmin(loss, SPACE, algo=tpe.suggest, max_evals=150, trials=theirs, rstate=np.random.default_rng(7),
+    fmin(loss, SPACE, algo=tpe.suggest, max_evals=300, trials=theirs, rstate=np.random.default_rng(7),
          show_progressbar=False)
     assert STATUS_FAIL in {doc["result"]["status"] for doc in theirs.trials}
     assert proposals(ours) == proposals(theirs)
