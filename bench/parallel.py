@@ -5,15 +5,13 @@
 
 Runs ``tuning run recipes/digits_cnn.py`` (each its own process, as a user runs it) against
 a real ``mlflow server`` started here: serially (no Spark) and with ``--parallelism 1`` and
-``2``, the same ``--seed`` and ``--max-evals`` (and ``2`` again with PySpark's own Python
-daemon, whose workers each import TensorFlow, in place of :mod:`tuning.daemon`); and, as
-the field's own answer on the same work, MLflow 3's ``MlflowSparkStudy`` with 2 Spark slots
-(``bench/optuna_spark.py``, needs ``pip install -e '.[bench]'``). The settings take turns,
-``--repeats`` times.
+``2``, the same ``--seed`` and ``--max-evals``; and, as the field's own answer on the same
+work, MLflow 3's ``MlflowSparkStudy`` with 2 Spark slots (``bench/optuna_spark.py``, needs
+``pip install -e '.[bench]'``). The settings take turns, ``--repeats`` times.
 Throughput is trials per minute of the study run (from its start to its end in MLflow,
 so the start of Python, TensorFlow and the JVM is left out and shown apart). *Between
 trials* is the same count over the span from the first trial's start to the last one's end:
-it leaves out the one-time start of the Spark workers (their daemon imports TensorFlow, then each loads
+it leaves out the one-time start of the Spark workers (each imports TensorFlow and loads
 the data before its first trial). Last, what each setting recorded for one of its trials.
 """
 
@@ -21,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -38,11 +35,7 @@ TUNING = [str(Path(sys.executable).parent / "tuning"), "run", str(RECIPE)]
 OPTUNA_SPARK = [sys.executable, str(Path(__file__).with_name("optuna_spark.py"))]
 SETTINGS = {"serial": TUNING, "parallelism 1": [*TUNING, "--parallelism", "1"],
             "parallelism 2": [*TUNING, "--parallelism", "2"],
-            "parallelism 2, plain daemon": [*TUNING, "--parallelism", "2"],
             "MlflowSparkStudy 2": [*OPTUNA_SPARK, "--parallelism", "2"]}
-# PySpark's own daemon in place of tuning.daemon: each Spark worker imports TensorFlow itself.
-ENVIRONMENT = {"parallelism 2, plain daemon": {
-    "PYSPARK_SUBMIT_ARGS": "--conf spark.python.daemon.module=pyspark.daemon pyspark-shell"}}
 
 
 def main() -> None:
@@ -77,8 +70,7 @@ def _study(uri: str, setting: str, experiment: str, args: argparse.Namespace) ->
     started = time.perf_counter()
     subprocess.run([*SETTINGS[setting], "--tracking-uri", uri, "--experiment", experiment,
                     "--seed", str(args.seed), "--max-evals", str(args.trials)],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env={**os.environ, **ENVIRONMENT.get(setting, {})})
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     process = time.perf_counter() - started
     study, trials = _runs(uri, experiment)
     finished = sum(r.info.status == "FINISHED" for r in trials)

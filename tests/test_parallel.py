@@ -146,38 +146,6 @@ def test_executors_run_the_recipe_source_the_driver_sent_not_the_file(mlflow_ser
     assert all(r.data.metrics.get("val_accuracy") for r in trials)
 
 
-# Which of its imports the recipe's process had before the recipe's first line ran.
-PROBE = """
-import sys
-
-PRELOADED = " ".join(m for m in ("wave", "mailbox", "tabnanny") if m in sys.modules)
-import wave
-
-
-def helper():
-    import mailbox
-
-
-if __name__ == "__main__":
-    import tabnanny
-"""
-
-
-def test_spark_workers_start_with_the_recipe_s_imports_done_once_by_their_daemon(mlflow_server, write_recipe):
-    logged = MODEL.replace("    mlflow.log_param(", "    mlflow.set_tags({'preloaded': PRELOADED, 'parent': "
-                           "open(f'/proc/{os.getppid()}/cmdline').read().replace(chr(0), ' ')})\n"
-                           "    mlflow.log_param(")
-    path = write_recipe(logged, header=PROBE + DIGITS_DATA,
-                        extra=THREADS + "import time\nSLEEP = 0\nEXPERIMENT = 'forked'\n")
-    study = tuning.minimize(path, max_evals=2, seed=3, parallelism=2, tracking_uri=mlflow_server,
-                            progress=False)
-    assert [t.status for t in study.trials] == [TrialStatus.OK] * 2, [t.error for t in study.trials]
-    _, trials = study_runs(mlflow_server, "forked")
-    # Imported before the fork, not the script part's: and each worker forked from the daemon.
-    assert {r.data.tags["preloaded"] for r in trials} == {"wave mailbox"}
-    assert all(" -m tuning.daemon " in r.data.tags["parent"] for r in trials)
-
-
 def test_a_spark_trial_is_pruned_by_the_curves_of_the_trials_before_it(mlflow_server, write_recipe):
     path = write_recipe(LEARNING_RATE_MODEL, epochs=3, extra="EXPERIMENT = 'pruned'\n")
     # One slot: trial 2's task starts after trial 1 ended, and carries its curve to the executor.

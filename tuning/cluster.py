@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from tuning import DISTRIBUTION
-from tuning.daemon import spark_config
 from tuning.errors import ConfigurationError, TrackingError, TuningError
 
 if TYPE_CHECKING:
@@ -98,11 +97,8 @@ class _EarlyStart:
         self._thread.start()
 
     def _start(self, path: str, data_path: str | None) -> None:
-        source = ""
-        with contextlib.suppress(OSError):  # the study says what is wrong with the file
-            source = Path(path).read_text(errors="replace")
         try:
-            spark, own = _new_session(self.cluster, source, path)
+            spark, own = _new_session(self.cluster)
         except BaseException as error:  # raised where the study asks for the session
             self.session.set_exception(error)
             return
@@ -176,23 +172,21 @@ def starting_early(cluster: Cluster | None, recipe: str | Path | Any, data_path:
             early.stop()
 
 
-def session(cluster: Cluster, source: str = "", filename: str = "") -> tuple[Any, bool]:
+def session(cluster: Cluster) -> tuple[Any, bool]:
     """The Spark session trials run on, and whether it was started here (to stop it after).
 
     With no master given, an active session (a notebook's) is used, else ``local[N]``. A
-    session :func:`starting_early` started for the same cluster is taken as it is. A
-    session started here imports what the recipe ``source`` imports once per executor
-    (:mod:`tuning.daemon`).
+    session :func:`starting_early` started for the same cluster is taken as it is.
     """
     global _early
     if _early is not None and _early.cluster == cluster:
         early, _early = _early, None
         early.taken = True
         return early.session.result()
-    return _new_session(cluster, source, filename)
+    return _new_session(cluster)
 
 
-def _new_session(cluster: Cluster, source: str, filename: str) -> tuple[Any, bool]:
+def _new_session(cluster: Cluster) -> tuple[Any, bool]:
     # Spark's getOrCreate would hand out the session an abandoned start is about to stop.
     for thread in [t for t in _stopping if t is not threading.current_thread()]:
         thread.join()
@@ -220,9 +214,6 @@ def _new_session(cluster: Cluster, source: str, filename: str) -> tuple[Any, boo
             builder = builder.config("spark.driver.extraJavaOptions", _LEAN_JVM)
     for name, value in _thread_limits(cluster.threads()).items():
         builder = builder.config(f"spark.executorEnv.{name}", value)
-    if "spark.python.daemon.module" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
-        for key, value in spark_config(source, filename).items():
-            builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark, True

@@ -39,9 +39,6 @@ from tuning.worker import TrialSpec
 
 EXECUTOR_SETUP_FAILED = "the recipe could not be loaded on the Spark executor at"
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
-# A Python that cannot start tuning's daemon (tuning.daemon) says why on a line of its own,
-# which Spark follows with the EOFException of reading the daemon's port.
-_NO_DAEMON = re.compile(r"Error while finding module specification for '[\w.]+' \((\w+: .+)\)")
 
 
 class SparkExecutor:
@@ -108,8 +105,6 @@ def _reason(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
     reason = (raised or lines or [type(error).__name__])[-1]
-    if no_daemon := _NO_DAEMON.search(str(error)):
-        reason = no_daemon[1]
     if missing := re.search(r"No module named '([\w.]+)'", reason):
         reason += (f" (the executors' Python lacks {missing[1]}: install {DISTRIBUTION} and the "
                    "recipe's imports on every worker host, and set PYSPARK_PYTHON, where you start "

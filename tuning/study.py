@@ -121,8 +121,7 @@ def run_study(recipe: Recipe, config: StudyConfig, tracker: Tracker, trials: Tri
     session, own_session = None, False
     if config.cluster is not None:
         clusters.check_store(tracker.uri)
-        template = recipe.template
-        session, own_session = clusters.session(config.cluster, template.source, template.filename)
+        session, own_session = clusters.session(config.cluster)
     # With workers or executors, each loads the data itself; here it would only take memory.
     data = recipe.load_data() if config.limits is None and config.cluster is None else ()
     experiment_id, experiment = tracker.choose_experiment(config.experiment, recipe.name)
