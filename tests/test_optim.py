@@ -519,6 +519,32 @@ def test_the_mlflow_tutorial_script_logs_to_the_server_and_experiment_it_chose(t
         assert mlflow.keras.load_model(f"runs:/{trial.info.run_id}/model").count_params() > 0
 
 
+AUTOLOG_SCRIPT = Path(__file__).parent / "data" / "mlflow_autolog.py"
+
+
+@pytest.mark.slow
+def test_a_script_with_mlflow_keras_autolog_runs_and_autolog_records_into_the_trials(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = subprocess.run([sys.executable, str(AUTOLOG_SCRIPT), store], cwd=tmp_path,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]  # was: fit() got multiple values for 'callbacks'
+    assert "best model: Sequential" in run.stdout
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("autologged").experiment_id])
+    (study,) = [r for r in runs if r.data.tags.get("tuning.kind") == "study"]
+    (trial,) = [r for r in runs if r.data.tags.get("tuning.kind") == "trial"]  # one: its model costs ~15 s
+    assert len(runs) == 2 and study.info.status == "FINISHED"  # autolog opened no runs of its own
+    assert trial.info.status == "FINISHED"
+    assert trial.data.params["epochs"] == "2" and trial.data.params["optimizer_name"] == "adam"  # autolog's
+    assert trial.data.tags["Dense"] == trial.data.params["Dense"]  # ours
+    assert trial.data.metrics["hyperopt_loss"] == pytest.approx(-trial.data.metrics["val_accuracy"])
+    assert {m.step for m in client.get_metric_history(trial.info.run_id, "loss")} == {0, 1}
+    (model,) = trial.outputs.model_outputs  # autolog's model; ours is not logged twice
+    mlflow.set_tracking_uri(store)
+    assert mlflow.keras.load_model(f"models:/{model.model_id}").count_params() > 0
+
+
 class QueueTrials(Trials):
     """As hyperopt's MongoTrials (and SparkTrials) are: trials for hyperopt's own workers."""
 

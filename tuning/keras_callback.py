@@ -106,7 +106,9 @@ def _fit(self: keras.Model, *args: Any, **kwargs: Any) -> Any:
     if log.max_epochs is not None:  # a cap for quick runs: every fit trains at most N epochs
         first = arguments.get("initial_epoch", 0)
         arguments["epochs"] = min(arguments.get("epochs", 1), first + log.max_epochs)
-    return _original_fit(*bound.args, **bound.kwargs)
+    # By name: a wrapper around fit (mlflow.keras.autolog's) that reads callbacks from
+    # args[5] and also sets kwargs["callbacks"] would otherwise pass them twice.
+    return _original_fit(self, **{k: v for k, v in arguments.items() if k != "self"})
 
 
 @contextmanager
