@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 from hyperas.distributions import choice  # noqa: F401 - as hyperas scripts do, for linters
 from hyperopt import STATUS_OK, Trials, rand, tpe
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 from sklearn.datasets import load_digits
 
 import tuning
@@ -262,6 +264,42 @@ def test_a_script_that_searches_at_module_level_runs_only_the_search_asked_for(t
     assert sorted(r.data.tags.get("tuning.kind") for r in runs) == ["study", "trial", "trial"]
     assert not (tmp_path / "after_the_search.txt").exists()
     assert not (tmp_path / "mlflow.db").exists()  # the script's own search would have used it
+
+
+def test_a_scripts_own_run_around_its_search_is_not_left_behind_by_loading_the_file(tmp_path, monkeypatch):
+    """MLflow's hyperopt tutorial wraps the search in ``with mlflow.start_run():``. Loading
+    the file (``tuning run``, each Spark worker, ``load_best``) opens that run and stops at
+    the search: the run is deleted again, not left FAILED and empty among the trials; a run
+    active in the caller, or resumed through ``MLFLOW_RUN_ID``, is left as it was."""
+    script = tmp_path / "wrapped.py"
+    head, search = MODULE_LEVEL_SEARCH.split("best_run, best_model =")
+    script.write_text(head.replace("from pathlib", "import mlflow\nfrom pathlib")
+                      + 'with mlflow.start_run(run_name="search"):\n'
+                      + textwrap.indent("best_run, best_model =" + search, "    "))
+    store = f"sqlite:///{tmp_path / 'wrapped.db'}"
+    runs = tuning_run(script, store, "--max-evals", "2")
+    assert sorted(r.data.tags.get("tuning.kind") for r in runs) == ["study", "trial", "trial"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    client = MlflowClient(store)
+
+    def deleted() -> list[str]:  # in the store's Default experiment, where the script's run goes
+        return [r.info.run_name for r in client.search_runs(["0"], run_view_type=ViewType.DELETED_ONLY)]
+
+    assert deleted() == ["search"]
+    assert not (tmp_path / "mlflow.db").exists()  # it went to the store the flag names
+
+    mlflow.set_tracking_uri(store)
+    with mlflow.start_run(run_name="notebook") as outer:  # a notebook's own run, around a load
+        Recipe.from_file(script)
+        assert mlflow.active_run().info.run_id == outer.info.run_id
+    assert client.get_run(outer.info.run_id).info.status == "FINISHED"
+    project = client.create_run(runs[0].info.experiment_id, run_name="project")  # `mlflow run`'s
+    monkeypatch.setenv("MLFLOW_RUN_ID", project.info.run_id)
+    Recipe.from_file(script)  # the script's start_run() resumes it
+    assert mlflow.active_run() is None and os.environ["MLFLOW_RUN_ID"] == project.info.run_id
+    project = client.get_run(project.info.run_id)
+    assert (project.info.status, project.info.lifecycle_stage) == ("RUNNING", "active")
+    assert deleted() == ["search", "search"]
 
 
 def test_a_line_after_the_scripts_main_block_that_uses_its_result_does_not_stop_tuning_run(tmp_path):

@@ -9,10 +9,9 @@ import functools
 import logging
 import os
 import shlex
-import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -224,21 +223,19 @@ def _loading(recipe: str, data_path: str | None, backend: str | None, cluster: C
         use_backend(backend)  # before Spark starts too: its workers inherit the environment
     from tuning.cluster import starting_early
 
-    _stop_on_signals()
+    signals.install()
     with starting_early(cluster, recipe, data_path, tracking_uri):
+        from tuning.fluent import using_uri
         from tuning.recipe import Recipe  # hyperopt, numpy, scipy: seconds, while Spark starts
 
-        loaded = Recipe.from_file(recipe)
+        # The file's own module-level MLflow calls (set_experiment, a `with start_run():`
+        # around its search) go to the store the flag names, not to ./mlflow.db.
+        with using_uri(tracking_uri) if tracking_uri else nullcontext():
+            loaded = Recipe.from_file(recipe)
         if data_path:
             loaded.use_data_file(data_path)
         signals.check()  # a signal during the imports above may have been dropped
         yield loaded
-
-
-def _stop_on_signals() -> None:
-    """SIGTERM stops like Ctrl-C (runs end KILLED), even if started with SIGINT ignored."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signals.request_stop)
 
 
 def _print_study(study: Any) -> None:
@@ -282,7 +279,7 @@ def space(recipe: str) -> None:
     from tuning.recipe import Recipe, run_file
     from tuning.template import Template
 
-    _stop_on_signals()
+    signals.install()
     template = Template.from_file(recipe)
     try:  # markers of literals need nothing of the recipe: no Keras, no TensorFlow to import
         distributions = template.distributions()

@@ -30,8 +30,9 @@ import logging
 import os
 import sys
 import sysconfig
+import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ from tuning.template import PARAM_FUNCTION, Template, global_names, param_value,
 DEFAULT_NAMES = ("EXPERIMENT", "MAX_EVALS", "ALGO", "SEED", "OBJECTIVE", "MODE")
 MODULE_NAME = "__tuning_recipe__"  # a recipe file's __name__: its __main__ part does not run
 _KERAS_PACKAGES = ("keras", "tensorflow", "tf_keras", "builtins")  # objects Keras finds itself
-_LOADING = contextvars.ContextVar("tuning_recipe_loading", default=False)
+# While a file loads: when its load began (ms since the epoch, MLflow's clock for runs).
+_LOADING: contextvars.ContextVar[int | None] = contextvars.ContextVar("tuning_recipe_loading", default=None)
 _log = logging.getLogger("tuning")
 
 
@@ -283,22 +285,82 @@ def run_file(template: Template, first_load: bool = True) -> dict[str, Any]:
         sys.path.insert(0, str(path.parent))
         _RECIPE_FOLDERS.add(path.parent)
     complete_hyperas()  # an older hyperas script's `from hyperas.distributions import conditional`
-    loading = _LOADING.set(True)
     try:
-        with tensorflow_start_up():  # the recipe's own `import keras`, most often
-            _execute(template, namespace)
+        with tensorflow_start_up(), _own_mlflow_runs() as started:  # tensorflow: the recipe's `import keras`
+            loading = _LOADING.set(started)
+            try:
+                _execute(template, namespace)
+            finally:
+                _LOADING.reset(loading)
     except _SearchAtModuleLevel:
         pass  # what follows would run a search of its own, not the one loading the file is for
-    finally:
-        _LOADING.reset(loading)
     return namespace
 
 
 def _not_while_loading() -> None:
     """Stop a recipe file that starts a search while :func:`run_file` loads it (see
     :class:`_SearchAtModuleLevel`)."""
-    if _LOADING.get():
+    started = _LOADING.get()
+    if started is not None:
+        _close_runs_opened(started)  # before the script's `with mlflow.start_run():` ends them FAILED
         raise _SearchAtModuleLevel
+
+
+@contextlib.contextmanager
+def _own_mlflow_runs() -> Iterator[int]:
+    """Give a file being loaded MLflow's stack of active runs to itself; yield when it began.
+
+    A run active in the caller (a notebook's ``with mlflow.start_run():`` around
+    ``load_best``) is set aside, or the script's own module-level ``mlflow.start_run()``
+    would refuse to start; runs the file leaves open are closed (:func:`_close_runs_opened`)
+    and the caller's put back, with ``MLFLOW_RUN_ID`` (which MLflow unsets as it resumes
+    or ends the run it names).
+    """
+    fluent = _mlflow_fluent()
+    outer = fluent._active_run_stack.get() if fluent else None
+    if fluent:
+        fluent._active_run_stack.set([])
+    run_id_variable = os.environ.get("MLFLOW_RUN_ID")
+    started = int(time.time() * 1000)
+    try:
+        yield started
+    finally:
+        _close_runs_opened(started)
+        if fluent:
+            fluent._active_run_stack.set(outer)
+        if run_id_variable is not None:
+            os.environ["MLFLOW_RUN_ID"] = run_id_variable
+
+
+def _close_runs_opened(started: int) -> None:
+    """Close the runs a file being loaded has open (a script's module-level ``with
+    mlflow.start_run():`` around its search): loading the file is not the script's own run.
+
+    A run the load created is ended and deleted (MLflow keeps deleted runs restorable), so
+    that each load (the CLI's, each Spark worker's, ``load_best``) leaves no empty FAILED run
+    behind; a run it resumed (the ``MLFLOW_RUN_ID`` of an ``mlflow run`` project) is only
+    taken off the stack, open as it was.
+    """
+    if (fluent := _mlflow_fluent()) is None:
+        return
+    from mlflow import MlflowClient
+
+    stack = fluent._active_run_stack.get()
+    while stack:
+        run = stack[-1]
+        if run.info.start_time < started:
+            stack.pop()
+            continue
+        try:
+            fluent.end_run()  # off the stack first, whatever the store says
+            MlflowClient().delete_run(run.info.run_id)
+        except Exception as error:  # noqa: BLE001 - a run left behind is no reason to stop
+            _log.warning("could not delete run %s, which loading the file opened: %s", run.info.run_id, error)
+
+
+def _mlflow_fluent() -> Any:
+    """MLflow's fluent module, if anything in this process has imported MLflow."""
+    return sys.modules.get("mlflow.tracking.fluent")
 
 
 _RECIPE_FOLDERS: set[Path] = set()  # put on sys.path for recipes' own imports
