@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 import tuning
 from tests.test_cli import TUNING
@@ -16,7 +17,9 @@ from tests.test_study import runs
 from tuning.grid import Grid, grid_size
 from tuning.pruners import HyperbandPruner, MedianPruner, PastTrial
 from tuning.stopping import StopReason, StopRules
+from tuning.study import _curve
 from tuning.template import Template
+from tuning.tracking import Tracker
 from tuning.trial import Objective, TrialResult, TrialStatus
 
 # Four grid points; epochs and layer sizes kept tiny.
@@ -279,6 +282,21 @@ def test_a_pruned_trial_ends_killed_and_tpe_sees_its_last_value(write_recipe, st
     assert study.best.run_id == good.info.run_id and not study.failed
     assert parent.data.metrics["trials_pruned"] == 1 and parent.data.metrics["trials_ok"] == 1
     assert parent.data.tags["tuning.pruner"] == "MedianPruner(startup_trials=1, warmup_epochs=0)"
+
+
+def test_a_curve_read_back_is_tunings_when_the_models_own_mlflow_callback_logged_the_epochs_too(store):
+    """``mlflow.keras.MlflowCallback`` in a model logs each epoch beside tuning's, and numbers
+    a second ``fit``'s epochs from 0 again: a resumed study's pruner still reads one value
+    per epoch, in tuning's numbering."""
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("curves")).info.run_id
+    ours = [(0, 0.5), (1, 0.6), (2, 0.7), (3, 0.8)]  # two fits of two epochs
+    theirs = [(0, 0.5), (1, 0.6), (0, 0.7), (1, 0.8)]
+    for time, ((step, value), (their_step, their_value)) in enumerate(zip(ours, theirs, strict=True)):
+        client.log_batch(run_id, metrics=[Metric("val_accuracy", their_value, 1000 + 2 * time, their_step),
+                                          Metric("val_accuracy", value, 1001 + 2 * time, step)])
+    curve = _curve(Tracker(store), run_id, Objective.create("val_accuracy"))
+    assert curve == pytest.approx((-0.5, -0.6, -0.7, -0.8))
 
 
 @pytest.mark.slow

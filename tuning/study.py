@@ -217,7 +217,12 @@ def _curve(tracker: Tracker, run_id: str, objective: Objective) -> Curve:
     names that it logged per epoch."""
     for key in objective.curve_keys:
         if history := tracker.metric_history(run_id, key):
-            return tuple(objective.loss(m.value) for m in history)
+            # The first value of each epoch: a model's own mlflow.keras.MlflowCallback logs
+            # the epochs again, and numbers a second fit's from 0 where tuning's go on.
+            first: dict[int, float] = {}
+            for point in sorted(history, key=lambda m: (m.step, m.timestamp)):
+                first.setdefault(point.step, point.value)
+            return tuple(objective.loss(value) for value in first.values())
     return ()
 
 
