@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 
 import tuning
 from tests.conftest import DIGITS_DATA, DIGITS_MODEL
@@ -186,7 +187,12 @@ def test_spark_workers_load_the_recipe_while_the_study_loads_it(mlflow_server, w
     header = DIGITS_DATA.replace("def data():\n", "def data():\n    with open(LOADS, 'a') as f:\n"
                                  "        print(os.getpid(), file=f)\n")
     extra = f"from pathlib import Path\nLOADS = Path({str(loads)!r})\n{EARLY}EXPERIMENT = 'early-{how}'\n"
-    path = write_recipe(header=header, extra=extra)
+    # As MLflow's hyperopt tutorial does: its own run around its own search, which each
+    # load (the study's, each worker's) opens in the study's store and deletes again.
+    search = ("\nimport mlflow\nfrom hyperopt import Trials, tpe\nfrom tuning import optim\n"
+              f"with mlflow.start_run(run_name='search-{how}'):\n"
+              "    optim.minimize(model=model, data=data, algo=tpe.suggest, max_evals=5, trials=Trials())\n")
+    path = write_recipe(header=header, extra=extra, model=DIGITS_MODEL + search)
     if how == "cli":
         done = subprocess.run([TUNING, "run", str(path), "--parallelism", "2", "--max-evals", "2",
                                "--seed", "1", "--tracking-uri", mlflow_server], cwd=tmp_path,
@@ -200,6 +206,10 @@ def test_spark_workers_load_the_recipe_while_the_study_loads_it(mlflow_server, w
     # what was loaded early.
     pids = loads.read_text().split()
     assert len(pids) == 2 and len(set(pids)) == 2, pids
+    searches = MlflowClient(mlflow_server).search_runs(
+        ["0"], f"attributes.run_name = 'search-{how}'", run_view_type=ViewType.ALL)
+    assert [r.info.lifecycle_stage for r in searches] == ["deleted"] * 3
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_sigterm_cancels_running_trials_and_leaves_none_running(mlflow_server, recipe, tmp_path):

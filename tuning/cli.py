@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -225,13 +225,9 @@ def _loading(recipe: str, data_path: str | None, backend: str | None, cluster: C
 
     signals.install()
     with starting_early(cluster, recipe, data_path, tracking_uri):
-        from tuning.fluent import using_uri
         from tuning.recipe import Recipe  # hyperopt, numpy, scipy: seconds, while Spark starts
 
-        # The file's own module-level MLflow calls (set_experiment, a `with start_run():`
-        # around its search) go to the store the flag names, not to ./mlflow.db.
-        with using_uri(tracking_uri) if tracking_uri else nullcontext():
-            loaded = Recipe.from_file(recipe)
+        loaded = Recipe.from_file(recipe, tracking_uri)
         if data_path:
             loaded.use_data_file(data_path)
         signals.check()  # a signal during the imports above may have been dropped

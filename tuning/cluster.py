@@ -86,17 +86,17 @@ def _shared(uri: str) -> bool:
 class _EarlyStart:
     """A Spark session starting in a thread, then its Python workers loading the recipe."""
 
-    def __init__(self, cluster: Cluster, path: str, data_path: str | None):
+    def __init__(self, cluster: Cluster, path: str, data_path: str | None, tracking_uri: str):
         self.cluster = cluster
         self.session: Future[tuple[Any, bool]] = Future()
         self.taken = False
         self._abandoned = False  # no study will take the session: stop it once it is up
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._start, args=(path, data_path),
+        self._thread = threading.Thread(target=self._start, args=(path, data_path, tracking_uri),
                                         name="tuning-spark-start", daemon=True)
         self._thread.start()
 
-    def _start(self, path: str, data_path: str | None) -> None:
+    def _start(self, path: str, data_path: str | None, tracking_uri: str) -> None:
         try:
             spark, own = _new_session(self.cluster)
         except BaseException as error:  # raised where the study asks for the session
@@ -116,7 +116,7 @@ class _EarlyStart:
             context.setLocalProperty("spark.job.description", "tuning: the workers load the recipe")
             slots = self.cluster.parallelism
             context.parallelize(range(slots), slots).mapPartitions(
-                functools.partial(_load_on_worker, recipe)).collect()
+                functools.partial(_load_on_worker, recipe, tracking_uri)).collect()
         except Exception as error:  # the trials load it themselves, and say what went wrong
             _log.debug("the Spark workers did not load the recipe early: %s", error)
 
@@ -135,12 +135,12 @@ class _EarlyStart:
                 spark.stop()
 
 
-def _load_on_worker(recipe: RecipeSource, partition: Iterator[int]) -> Iterator[int]:
+def _load_on_worker(recipe: RecipeSource, tracking_uri: str, partition: Iterator[int]) -> Iterator[int]:
     """In a Spark Python worker: load the recipe and its data, as its first trial would."""
     for _ in partition:  # read the input first (SPARK-26549)
         pass
     with contextlib.suppress(Exception):  # the trial loads it again and reports the error
-        recipe.load()
+        recipe.load(tracking_uri)
     yield 0
 
 
@@ -163,7 +163,7 @@ def starting_early(cluster: Cluster | None, recipe: str | Path | Any, data_path:
     if cluster is None or not isinstance(recipe, str | Path) or not _shared(uri) or _early is not None:
         yield
         return
-    early = _early = _EarlyStart(cluster, str(recipe), data_path)
+    early = _early = _EarlyStart(cluster, str(recipe), data_path, uri)
     try:
         yield
     finally:

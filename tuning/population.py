@@ -95,7 +95,7 @@ def pbt(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[], Any
     if not 0 < fraction <= 0.5:
         raise ConfigurationError(f"fraction must be in (0, 0.5]: the share that copies and the share "
                                  f"copied from; got {fraction}")
-    recipe = Recipe.of(recipe, data)
+    recipe = Recipe.of(recipe, data, tracking_uri)
     config = StudyConfig.merge(recipe, seed=seed, experiment=experiment, objective=objective, mode=mode,
                                log_model=log_model, progress=progress)
     plan = _Plan(population, rounds, epochs_per_round, fraction)

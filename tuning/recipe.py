@@ -83,11 +83,11 @@ class Recipe:
 
     @classmethod
     def of(cls, recipe: str | Path | Callable[..., Any] | Recipe,
-           data: Callable[[], Any] | None = None) -> Recipe:
+           data: Callable[[], Any] | None = None, tracking_uri: str | None = None) -> Recipe:
         """A recipe file's path, a ``{{…}}``-templated ``model`` function or a Recipe, as a
         Recipe; ``data``, if given, replaces its ``data()``."""
         if isinstance(recipe, str | Path):
-            recipe = cls.from_file(recipe)
+            recipe = cls.from_file(recipe, tracking_uri)
         elif not isinstance(recipe, Recipe):
             recipe = cls.from_functions(recipe, data)
         if data is not None:
@@ -95,19 +95,21 @@ class Recipe:
         return recipe
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Recipe:
-        """Compile and execute a recipe file; it must define ``data()`` and ``model(...)``."""
+    def from_file(cls, path: str | Path, tracking_uri: str | None = None) -> Recipe:
+        """Compile and execute a recipe file; it must define ``data()`` and ``model(...)``.
+        With ``tracking_uri`` (the study's store) the file's own MLflow calls go there."""
         _not_while_loading()
-        return cls.from_template(Template.from_file(path))
+        return cls.from_template(Template.from_file(path), tracking_uri=tracking_uri)
 
     @classmethod
-    def from_template(cls, template: Template, first_load: bool = True, data: str | None = None) -> Recipe:
+    def from_template(cls, template: Template, first_load: bool = True, data: str | None = None,
+                      tracking_uri: str | None = None) -> Recipe:
         """Execute a compiled recipe file, or (``first_load`` False) its source sent to
         another process, which may be on a host that lacks the file; ``template.function``
         and ``data`` (or ``template.data_function``) name its model and data functions."""
         path = template.filename
         data = data or template.data_function
-        namespace = run_file(template, first_load)
+        namespace = run_file(template, first_load, tracking_uri)
         missing = [n for n in (data, template.function) if not callable(namespace.get(n))]
         if missing:
             defined = sorted(k for k, v in own_objects(namespace).items() if inspect.isfunction(v))
@@ -252,13 +254,14 @@ class RecipeSource:
         template = Template.from_file(path)
         return cls(template.filename, template.source, (template.function, template.data_function), data_path)
 
-    def load(self) -> tuple[Recipe, tuple[Any, ...]]:
-        """The recipe and what its ``data()`` returned, loaded once in this process."""
+    def load(self, tracking_uri: str) -> tuple[Recipe, tuple[Any, ...]]:
+        """The recipe and what its ``data()`` returned, loaded once in this process for the
+        study on ``tracking_uri``."""
         if self not in _LOADED:
             _LOADED.clear()  # another study's recipe: its data would only take memory
             model, data = self.functions
             recipe = Recipe.from_template(Template.from_source(self.source, self.filename, model),
-                                          first_load=False, data=data)
+                                          first_load=False, data=data, tracking_uri=tracking_uri)
             if self.data_path:
                 recipe.use_data_file(self.data_path)
             _LOADED[self] = recipe, recipe.load_data()
@@ -268,9 +271,11 @@ class RecipeSource:
 _LOADED: dict[RecipeSource, tuple[Recipe, tuple[Any, ...]]] = {}
 
 
-def run_file(template: Template, first_load: bool = True) -> dict[str, Any]:
+def run_file(template: Template, first_load: bool = True, tracking_uri: str | None = None) -> dict[str, Any]:
     """Execute a compiled recipe file as a module of its own (not ``__main__``: a script's
-    ``if __name__ == "__main__":`` part does not run); its namespace.
+    ``if __name__ == "__main__":`` part does not run); its namespace. The file's own
+    module-level MLflow calls (``set_experiment``, a ``with start_run():`` around its
+    search) go to ``tracking_uri``, if given: the study's store, not ``./mlflow.db``.
 
     The file's name is checked against installed modules on its first load only: another
     process inherits the first one's ``sys.path``, earlier recipes' folders included, and
@@ -286,7 +291,7 @@ def run_file(template: Template, first_load: bool = True) -> dict[str, Any]:
         _RECIPE_FOLDERS.add(path.parent)
     complete_hyperas()  # an older hyperas script's `from hyperas.distributions import conditional`
     try:
-        with tensorflow_start_up(), _own_mlflow_runs() as started:  # tensorflow: the recipe's `import keras`
+        with tensorflow_start_up(), _own_mlflow_runs(tracking_uri) as started:  # the recipe's `import keras`
             loading = _LOADING.set(started)
             try:
                 _execute(template, namespace)
@@ -307,8 +312,9 @@ def _not_while_loading() -> None:
 
 
 @contextlib.contextmanager
-def _own_mlflow_runs() -> Iterator[int]:
-    """Give a file being loaded MLflow's stack of active runs to itself; yield when it began.
+def _own_mlflow_runs(tracking_uri: str | None) -> Iterator[int]:
+    """Give a file being loaded MLflow's stack of active runs, and ``tracking_uri`` if
+    given, to itself; yield when it began.
 
     A run active in the caller (a notebook's ``with mlflow.start_run():`` around
     ``load_best``) is set aside, or the script's own module-level ``mlflow.start_run()``
@@ -323,9 +329,16 @@ def _own_mlflow_runs() -> Iterator[int]:
     run_id_variable = os.environ.get("MLFLOW_RUN_ID")
     started = int(time.time() * 1000)
     try:
-        yield started
+        with contextlib.ExitStack() as uri:
+            if tracking_uri:
+                from tuning.fluent import using_uri  # imports MLflow: only for a store given
+
+                uri.enter_context(using_uri(tracking_uri))
+            try:
+                yield started
+            finally:
+                _close_runs_opened(started)  # in the store the file's runs went to
     finally:
-        _close_runs_opened(started)
         if fluent:
             fluent._active_run_stack.set(outer)
         if run_id_variable is not None:

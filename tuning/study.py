@@ -92,7 +92,7 @@ def minimize(recipe: str | Path | Callable[..., Any] | Recipe, data: Callable[[]
     """
     cluster = spark_cluster(cluster, parallelism, spark_master, threads_per_trial)
     with clusters.starting_early(cluster, recipe if data is None else None, None, resolve_uri(tracking_uri)):
-        recipe = Recipe.of(recipe, data)  # meanwhile Spark starts and its workers load the recipe too
+        recipe = Recipe.of(recipe, data, tracking_uri)  # meanwhile Spark workers load it too
         config = StudyConfig.merge(
             recipe, max_evals=max_evals, algo=algo, seed=seed, experiment=experiment, objective=objective,
             mode=mode, fraction=fraction, log_model=log_model, keep_models=keep_models, max_epochs=max_epochs,

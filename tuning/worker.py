@@ -89,7 +89,7 @@ class TrialSpec:
         here once (a Spark worker may have loaded them while the study started)."""
         from tuning.tracking import Tracker
 
-        recipe, data = self.recipe.load()
+        recipe, data = self.recipe.load(self.tracking_uri)
         setup = TrialSetup(Tracker(self.tracking_uri, self.patience), self.experiment_id,
                            self.study_run_id, recipe, data, self.options, reporter, retries=self.retries)
         settle()  # this process lives for its trials
