@@ -106,9 +106,28 @@ def _fit(self: keras.Model, *args: Any, **kwargs: Any) -> Any:
     if log.max_epochs is not None:  # a cap for quick runs: every fit trains at most N epochs
         first = arguments.get("initial_epoch", 0)
         arguments["epochs"] = min(arguments.get("epochs", 1), first + log.max_epochs)
-    # By name: a wrapper around fit (mlflow.keras.autolog's) that reads callbacks from
-    # args[5] and also sets kwargs["callbacks"] would otherwise pass them twice.
-    return _original_fit(self, **{k: v for k, v in arguments.items() if k != "self"})
+    positional, named = _by_name(bound)
+    return _original_fit(*positional, **named)
+
+
+def _by_name(bound: inspect.BoundArguments) -> tuple[list[Any], dict[str, Any]]:
+    """fit's arguments, each by name where the signature allows: a wrapper around fit
+    (mlflow.keras.autolog's) that reads callbacks from ``args[5]`` and also sets
+    ``kwargs["callbacks"]`` would pass them twice if they came by position."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        parameter = bound.signature.parameters.get(name)
+        kind = parameter.kind if parameter is not None else inspect.Parameter.KEYWORD_ONLY
+        if kind is inspect.Parameter.POSITIONAL_ONLY or name == "self":
+            args.append(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            args.extend(value)
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            kwargs.update(value)
+        else:
+            kwargs[name] = value
+    return args, kwargs
 
 
 @contextmanager
